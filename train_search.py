@@ -30,7 +30,8 @@ from tools.checkpoint import atomic_save, load_checkpoint, resolve_resume
 from tools.cli import add_bool_flag, add_runtime_args
 from tools.engine import evaluate, search_one_epoch
 from tools.experiment import MetricsCSV, make_run_dir, save_args, setup_logging, write_json
-from tools.runtime import AMP_CHOICES, autocast_factory, rng_state, seed_everything, select_device, set_rng_state
+from tools.runtime import (AMP_CHOICES, autocast_factory, configure_cpu, rng_state, seed_everything, select_device,
+                           set_rng_state)
 
 logger = logging.getLogger("train_search")
 
@@ -143,8 +144,7 @@ def main(args: argparse.Namespace) -> Path:
     if not args.resume:
         save_args(args, run_dir)
     device = select_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
     seed_everything(args.seed)
     logger.info("run directory %s, device %s, %d epochs", run_dir, device, epochs)
 

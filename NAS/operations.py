@@ -102,10 +102,11 @@ class ReLUConvBN(nn.Module):
                  affine: bool = True, relu_first: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.ReLU(inplace=False)] if relu_first else []
-        layers += [
-            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            BatchNorm2d(C_out, affine=affine),
-        ]
+        if kernel_size == 1 and padding == 0:
+            conv: nn.Module = PointwiseConv(C_in, C_out, stride)
+        else:
+            conv = nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False)
+        layers += [conv, BatchNorm2d(C_out, affine=affine)]
         self.op = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +121,24 @@ class ReLUConvBN(nn.Module):
         for layer in self.op[:-1]:
             x = layer(x)
         return x
+
+
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 convolution; with stride 2 it convolves the even rows and columns at stride 1.
+
+    Both forms give the same result. The strided form is avoided because PyTorch 2.14.1 corrupts
+    memory in its channels-last CPU backward of 1x1 stride-2 convolutions with fewer than 16
+    channels and batch sizes that are not a multiple of 8 (seen as crashes on 2 cores).
+    """
+
+    def __init__(self, C_in: int, C_out: int, stride: int = 1) -> None:
+        super().__init__(C_in, C_out, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        step = self.stride[0]
+        if step == 1:
+            return super().forward(x)
+        return F.conv2d(x[:, :, ::step, ::step], self.weight)
 
 
 class StridedDilatedConv(nn.Conv2d):
@@ -216,8 +235,8 @@ class FactorizedReduce(nn.Module):
         if C_out % 2:
             raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
         self.relu = nn.ReLU(inplace=False) if relu_first else nn.Identity()
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = PointwiseConv(C_in, C_out // 2, stride=2)
+        self.conv_2 = PointwiseConv(C_in, C_out // 2, stride=2)
         self.bn = BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,7 +269,7 @@ class GhostModule(nn.Module):
         self.C_out = C_out
         init_channels = math.ceil(C_out / 2)
         self.primary_conv = nn.Sequential(
-            nn.Conv2d(C_in, init_channels, 1, stride=stride, bias=False),
+            PointwiseConv(C_in, init_channels, stride),
             BatchNorm2d(init_channels, affine=affine),
             nn.ReLU(inplace=False),
         )

@@ -21,3 +21,12 @@ def real_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real dataset {path} is not present; set FER_REAL_DATA to its folder to run this test")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_settings():
+    """Flush denormal floats as the scripts do, so slow denormal arithmetic never stalls a test."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    yield

@@ -60,8 +60,10 @@ def search_one_epoch(model: nn.Module, architect: Any, weight_batches: Iterable,
         images += y.numel()
         bar.update(1)
         if report_freq and step % report_freq == 0:
-            logger.info("search epoch %d step %d: train loss %.4f acc %.2f%%, arch loss %.4f acc %.2f%%",
-                        epoch, step, train_loss.average, train_acc.percent, arch_loss.average, arch_acc.percent)
+            elapsed = time.perf_counter() - start
+            logger.info("search epoch %d step %d: train loss %.4f acc %.2f%%, arch loss %.4f acc %.2f%%, "
+                        "%.1f images/s", epoch, step, train_loss.average, train_acc.percent, arch_loss.average,
+                        arch_acc.percent, images / max(elapsed, 1e-9))
     bar.close()
     return SearchEpochResult(train_loss.average, train_acc.percent, arch_loss.average, arch_acc.percent,
                              time.perf_counter() - start, images)
