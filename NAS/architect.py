@@ -36,14 +36,19 @@ class Architect:
     def __init__(self, model: SearchNetwork, *, lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999),
                  weight_decay: float = 1e-3, momentum: float = 0.9, network_weight_decay: float = 3e-4,
                  unrolled: bool = False, complexity_weight: float = 0.5,
-                 complexity_penalty: str = "expected",
+                 complexity_penalty: str = "expected", hessian_epsilon: float = 0.01,
                  autocast: Callable[[], object] | None = None) -> None:
         if complexity_penalty not in PENALTIES:
             raise ValueError(f"complexity_penalty must be one of {PENALTIES}, got {complexity_penalty!r}")
         if complexity_weight < 0:
             raise ValueError(f"complexity_weight must be >= 0, got {complexity_weight}")
+        if hessian_epsilon <= 0:
+            raise ValueError(f"hessian_epsilon must be positive, got {hessian_epsilon}")
         self.model = model
         self.unrolled = unrolled
+        # The finite-difference step is hessian_epsilon / ||v||, as in DARTS (0.01). Gradients of a
+        # ReLU network jump where a unit changes sign, so a large step averages over those jumps.
+        self.hessian_epsilon = hessian_epsilon
         self.momentum = momentum
         self.network_weight_decay = network_weight_decay
         self.complexity_weight = complexity_weight
@@ -110,6 +115,9 @@ class Architect:
             # Gradients for the architecture weights only: autograd then skips every
             # weight-gradient computation of the network.
             grads = torch.autograd.grad(total, alphas)
+        # Clear every architecture gradient first: a weight step's backward leaves gradients on
+        # the architecture weights, and a stale one on a newly frozen edge would move it.
+        self.optimizer.zero_grad(set_to_none=True)
         for alpha, grad in zip(alphas, grads):
             alpha.grad = grad.detach()
         self.optimizer.step()
@@ -168,7 +176,7 @@ class Architect:
 
         # Finite-difference Hessian-vector product around the real weights.
         norm = torch.sqrt(sum((v.detach() ** 2).sum() for v in vector))
-        epsilon = 0.01 / norm.clamp_min(1e-12)
+        epsilon = self.hessian_epsilon / norm.clamp_min(1e-12)
         hessian = self._finite_difference(call, weights, vector, epsilon, x_train, y_train, alphas)
         alpha_grads = [g.detach() - eta * h for g, h in zip(alpha_grads, hessian)]
         return loss, logits, alpha_grads

@@ -224,6 +224,8 @@ class SearchNetwork(nn.Module):
             self.decisions[cell_type] = values
             for alpha, value in zip(self.alphas(cell_type), values):
                 alpha.requires_grad_(value == UNDECIDED)
+                if value != UNDECIDED:
+                    alpha.grad = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = {cell_type: self.arch_weights(cell_type) for cell_type in CELL_TYPES}

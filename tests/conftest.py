@@ -25,8 +25,14 @@ def real_file(name: str) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _cpu_settings():
-    """Flush denormal floats as the scripts do, so slow denormal arithmetic never stalls a test."""
+    """Flush denormal floats as the scripts do, and use one thread per test process.
+
+    One thread keeps a test run from oversubscribing the cores when a training run (or another
+    test process) shares the machine: busy-waiting OpenMP threads then slow both by 10x or more.
+    Set FER_TEST_THREADS to use more.
+    """
     import torch
 
     torch.set_flush_denormal(True)
+    torch.set_num_threads(int(os.environ.get("FER_TEST_THREADS", "1")))
     yield
