@@ -33,7 +33,7 @@ class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward makes the incoming gradient dense in the input's memory format.
 
     The gradient that reaches a node through ``torch.cat`` is a channel slice, which is not dense
-    in channels-last memory; batch-norm backward on such a slice takes a much slower path on
+    in channels-last memory. Batch-norm backward on such a slice takes a much slower path on
     the CPU, so one copy here saves time in every operation of the node.
     """
 
@@ -76,7 +76,7 @@ class MixedOp(nn.Module):
         self.partial_channels = partial_channels
         self.op_channels = C // partial_channels
         self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
-        # Index k of ``ops`` holds PRIMITIVES[k + 1].
+        # Index k of ``ops`` is the operation PRIMITIVES[k + 1].
         self.ops = nn.ModuleList(
             build_op(name, self.op_channels, stride, affine=False, relu_first=False, pool_bn=True)
             for name in PRIMITIVES[1:])

@@ -4,9 +4,9 @@ The pooling, separable, dilated and factorized-reduce operations follow DARTS (L
 ICLR 2019). ``ghost`` is a GhostNet module (Han et al., CVPR 2020). Each operation maps
 ``C`` channels to ``C`` channels and divides the spatial size by ``stride``.
 
-Operations whose first layer is a ReLU are built without it when ``relu_first=False``: the
+Operations whose first layer is a ReLU are built without it when ``relu_first=False``. The
 supernet then applies one shared ReLU to each input state and feeds the result to all of
-them (see ``OPS_WITH_LEADING_RELU``), which gives the same function with less work.
+them (see ``leads_with_relu``). This gives the same function with less work.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ SLOW_CHANNELS_LAST_BN = 16
 class _NCHWBatchNormBackward(torch.autograd.Function):
     """Training-mode batch norm whose backward runs on an NCHW copy of the tensors.
 
-    The forward is PyTorch's own (it also updates the running statistics); the backward
+    The forward is PyTorch's own, so it also updates the running statistics. The backward
     recomputes the normalisation from the saved input in NCHW layout and returns channels-last
     gradients.
     """

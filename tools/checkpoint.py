@@ -27,7 +27,7 @@ class CheckpointError(ValueError):
 
 
 def check_plain(value: Any, where: str = "checkpoint") -> None:
-    """Raise ``TypeError`` if ``value`` holds anything but plain types and tensors."""
+    """Raise ``TypeError`` if ``value`` contains anything but plain types and tensors."""
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
         return
     if isinstance(value, dict):
