@@ -198,7 +198,8 @@ def test_pruning_follows_two_decided_inputs():
     decisions[4] = PRIMITIVES.index("ghost")
     pruned = prune_full_nodes(decisions)
     assert pruned[3] == PRUNED
-    assert pruned[2] == decisions[2] and pruned[4] == decisions[4]
+    assert pruned[2] == decisions[2]
+    assert pruned[4] == decisions[4]
     assert all(pruned[e] == UNDECIDED for e in range(EDGES) if e not in (2, 3, 4))
 
 
