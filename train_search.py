@@ -110,11 +110,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--history_size must be at least 1, got {args.history_size}")
 
 
-def distance_from_uniform(weights: torch.Tensor, decisions: list[int]) -> dict[str, float]:
-    """Summarise how far the undecided edges' softmax weights have moved from uniform."""
+def distance_from_uniform(weights: torch.Tensor, decisions: list[int]) -> dict[str, float | None]:
+    """Summarise how far the undecided edges' softmax weights have moved from uniform
+    (None once every edge is decided, so the JSON-lines file stays valid JSON)."""
     rows = [weights[e] for e, d in enumerate(decisions) if d == UNDECIDED]
     if not rows:
-        return {"max_weight": float("nan"), "mean_l1_from_uniform": float("nan")}
+        return {"max_weight": None, "mean_l1_from_uniform": None}
     matrix = torch.stack(rows)
     uniform = 1.0 / matrix.shape[1]
     return {"max_weight": float(matrix.max()), "mean_l1_from_uniform": float((matrix - uniform).abs().sum(1).mean())}
@@ -203,8 +204,8 @@ def main(args: argparse.Namespace) -> Path:
     metrics = MetricsCSV(run_dir / "metrics.csv", METRIC_FIELDS, keep_until=start_epoch)
     weights_log = run_dir / "arch_weights.jsonl"
     if checkpoint is not None and weights_log.exists():
-        kept = [line for line in weights_log.read_text().splitlines() if json.loads(line)["epoch"] < start_epoch]
-        weights_log.write_text("".join(line + "\n" for line in kept))
+        finished = [line for line in weights_log.read_text().splitlines() if json.loads(line)["epoch"] < start_epoch]
+        weights_log.write_text("".join(line + "\n" for line in finished))
     elif checkpoint is None:
         weights_log.write_text("")
 
@@ -217,7 +218,7 @@ def main(args: argparse.Namespace) -> Path:
                                   progress=args.progress, total=min(len(weight_batches), len(arch_batches)))
         scheduler.step()
 
-        made = []
+        new_decisions_made = []
         record = {"epoch": epoch, "weights": {}, "scores": {}, "decisions": {}, "distance_from_uniform": {}}
         for cell_type in CELL_TYPES:
             with torch.no_grad():
@@ -232,7 +233,7 @@ def main(args: argparse.Namespace) -> Path:
             if is_decision_epoch(epoch, args.warmup_dec_epoch, args.decision_freq) and UNDECIDED in decisions:
                 decision, new_decisions = decide_edge(cell_type, weights, decisions, score, epoch)
                 model.set_decisions({**model.decisions, cell_type: new_decisions})
-                made.append(decision)
+                new_decisions_made.append(decision)
                 entry = {**decision.__dict__, **{f"{k}_before": v for k, v in
                                                   record["distance_from_uniform"][cell_type].items()}}
                 decision_log.append(entry)
@@ -247,7 +248,7 @@ def main(args: argparse.Namespace) -> Path:
         logger.info("genotype after epoch %d: %s", epoch, genotype)
 
         arch_eval_acc = ""
-        if args.post_val and (made or epoch == epochs - 1):
+        if args.post_val and (new_decisions_made or epoch == epochs - 1):
             _, accuracy = evaluate(model, TensorBatches(training.pixels, training.labels, 256, shuffle=False,
                                                         device=device, indices=arch_idx,
                                                         memory_format=memory_format),
@@ -257,12 +258,12 @@ def main(args: argparse.Namespace) -> Path:
         metrics.append({"epoch": epoch, "lr": lr, "batch_size": weight_batches.batch_size,
                         "train_loss": result.train_loss, "train_acc": result.train_acc,
                         "arch_loss": result.arch_loss, "arch_acc": result.arch_acc, "arch_eval_acc": arch_eval_acc,
-                        "decisions": ";".join(d.describe() for d in made),
+                        "decisions": ";".join(d.describe() for d in new_decisions_made),
                         "seconds": round(result.seconds, 1),
                         "images_per_second": round(result.images / max(result.seconds, 1e-9), 2)})
         logger.info("epoch %d done in %.0f s: train acc %.2f%% loss %.4f, arch acc %.2f%% loss %.4f",
                     epoch, result.seconds, result.train_acc, result.train_loss, result.arch_acc, result.arch_loss)
-        if made and args.batch_increase:
+        if new_decisions_made and args.batch_increase:
             weight_batches.batch_size = arch_batches.batch_size = weight_batches.batch_size + args.batch_increase
 
         atomic_save({

@@ -61,8 +61,8 @@ class _NCHWBatchNormBackward(torch.autograd.Function):
             b = None if bias is None else bias.detach().requires_grad_(ctx.needs_input_grad[4])
             inputs += [t for t in (w, b) if t is not None]
             y = F.batch_norm(x_nchw, None, None, w, b, True, 0.0, ctx.eps)
-            wanted = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(y, wanted, grad.contiguous()) if wanted else [])
+            needed = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(y, needed, grad.contiguous()) if needed else [])
         grad_x = next(grads).contiguous(memory_format=torch.channels_last) if x_nchw.requires_grad else None
         grad_w = next(grads) if w is not None and w.requires_grad else None
         grad_b = next(grads) if b is not None and b.requires_grad else None
@@ -249,8 +249,8 @@ class FactorizedReduce(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the output before the final batch norm."""
         x = self.relu(x)
-        # The second path sees the input shifted by one pixel; on odd sizes the shifted map is
-        # one row and column shorter, so it is padded at the end to match the first path.
+        # The second path reads the input shifted by one pixel. On odd sizes its strided output
+        # would be one row and column smaller, so the shifted map is padded at the end.
         shifted = x[:, :, 1:, 1:]
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             shifted = nn.functional.pad(shifted, (0, 1, 0, 1))
@@ -259,7 +259,7 @@ class FactorizedReduce(nn.Module):
 
 class GhostModule(nn.Module):
     """GhostNet module: a 1x1 convolution to ceil(C/2) channels, then a cheap 3x3 depthwise
-    convolution of those channels; both outputs are concatenated and cut to ``C_out`` channels.
+    convolution of those channels. Both outputs are concatenated and cut to ``C_out`` channels.
 
     The stride is applied in the 1x1 convolution, so a reduction edge halves the size first.
     """

@@ -1,12 +1,12 @@
 """SGAS edge decisions (Li et al., "SGAS: Sequential Greedy Architecture Search", CVPR 2020).
 
 After every epoch each cell type scores its 14 edges from the softmax of the architecture
-weights. Edge importance is the total weight of the non-``none`` operations; those weights,
+weights. Edge importance is the total weight of the non-``none`` operations. Those weights,
 normalised to sum 1, form a distribution whose entropy divided by log(10) measures how
-uncertain the edge is. Criterion 1 scores an edge by norm(importance) * norm(1 - entropy);
-criterion 2 also multiplies by norm(mean histogram intersection with the distributions of the
-last ``history_size`` epochs). ``norm`` is min-max normalisation over all 14 edges (decided and
-pruned ones included, as in SGAS); a constant vector normalises to zeros, as in SGAS. On a
+uncertain the edge is. Criterion 1 scores an edge by norm(importance) * norm(1 - entropy).
+Criterion 2 also multiplies by norm(mean histogram intersection with the distributions of the
+last ``history_size`` epochs). ``norm`` is min-max normalisation over all 14 edges, decided and
+pruned ones included, and a constant vector normalises to zeros, both as in SGAS. On a
 decision epoch the best-scoring undecided edge is fixed to its strongest non-``none``
 operation, and a node that then has two decided inputs has its other inputs pruned.
 """
@@ -139,9 +139,8 @@ def total_epochs(warmup: int, frequency: int, post_train: int) -> int:
 def derive_genotype(weights: dict[str, torch.Tensor], decisions: dict[str, list[int]]) -> Genotype:
     """Derive the genotype from architecture weights and decisions.
 
-    For each node, decided inputs come first; remaining places are filled with the undecided
-    inputs whose strongest non-``none`` weight is largest (the DARTS rule), each with that
-    operation. Once every edge is decided or pruned this is exactly the decided cell.
+    For each node, decided inputs come first. The remaining places go to the undecided inputs
+    whose strongest non-``none`` weight is largest (the DARTS rule), each with that operation. Once every edge is decided or pruned this is exactly the decided cell.
     """
     cells = {}
     for cell_type in ("normal", "reduce"):

@@ -46,7 +46,11 @@ def test_tiny_search_makes_all_decisions(synthetic_h5, tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(8))
     assert [int(r["batch_size"]) for r in rows] == [8 + 2 * k for k in range(8)]
     assert all(r["arch_eval_acc"] for r in rows)
-    records = [json.loads(line) for line in (run_dir / "arch_weights.jsonl").read_text().splitlines()]
+    def reject_constant(name):
+        raise ValueError(f"arch_weights.jsonl contains {name}, which is not valid JSON")
+
+    lines = (run_dir / "arch_weights.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=reject_constant) for line in lines]
     assert len(records) == 8
     assert len(records[0]["weights"]["normal"]) == 14
     assert len(records[0]["scores"]["reduce"]) == 14

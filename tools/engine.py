@@ -41,7 +41,7 @@ def search_one_epoch(model: nn.Module, architect: Any, weight_batches: Iterable,
     start = time.perf_counter()
     images = 0
     bar = tqdm(total=total, desc=f"search epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
-    weight_parameters = [p for p in model.weight_parameters()]
+    weight_parameters = list(model.weight_parameters())
     for step, ((x, y, _), (x_arch, y_arch, _)) in enumerate(zip(weight_batches, arch_batches)):
         loss_a, logits_a = architect.step(x, y, x_arch, y_arch, lr, optimizer)
         arch_loss.update(float(loss_a), y_arch.numel())
