@@ -27,7 +27,7 @@ from NAS.model_search import CELL_TYPES, UNDECIDED, SearchNetwork
 from NAS.operations import PRIMITIVES
 from NAS.sgas import decide_edge, derive_genotype, edge_scores, is_decision_epoch, operation_distribution, total_epochs
 from tools.checkpoint import atomic_save, load_checkpoint, resolve_resume
-from tools.cli import add_bool_flag, add_runtime_args
+from tools.cli import add_bool_flag, add_runtime_args, restore_args
 from tools.engine import evaluate, search_one_epoch
 from tools.experiment import MetricsCSV, make_run_dir, save_args, setup_logging, write_json
 from tools.runtime import (AMP_CHOICES, autocast_factory, configure_cpu, rng_state, seed_everything, select_device,
@@ -121,7 +121,7 @@ def distance_from_uniform(weights: torch.Tensor, decisions: list[int]) -> dict[s
     return {"max_weight": float(matrix.max()), "mean_l1_from_uniform": float((matrix - uniform).abs().sum(1).mean())}
 
 
-# Options that a resumed run may change; every other option comes from the checkpoint.
+# Options that a resumed run may change on the command line; every other option comes from the checkpoint.
 RUNTIME_OPTIONS = {"resume", "device", "progress", "report_freq", "threads", "data"}
 
 
@@ -132,9 +132,7 @@ def main(args: argparse.Namespace) -> Path:
         resume_path = resolve_resume(args.resume)
         checkpoint = load_checkpoint(resume_path, kind="search",
                                      required=["model", "optimizer", "architect", "scheduler", "epoch", "args"])
-        for key, value in checkpoint["args"].items():
-            if key not in RUNTIME_OPTIONS:
-                setattr(args, key, value)
+        restore_args(args, checkpoint["args"], get_args_parser(), RUNTIME_OPTIONS)
         run_dir = resume_path.parent
     else:
         run_dir = make_run_dir(args.save, "search")

@@ -41,3 +41,20 @@ def add_runtime_args(parser: argparse.ArgumentParser, data_default: str) -> None
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for PyTorch (default: 0, PyTorch's choice)")
     add_bool_flag(parser, "progress", True, "show a progress bar with an ETA for long epochs")
+
+
+def restore_args(args: argparse.Namespace, saved: dict, parser: argparse.ArgumentParser,
+                 runtime_options: set[str]) -> argparse.Namespace:
+    """Take a resumed run's options from its checkpoint.
+
+    Options in ``runtime_options`` (device, thread count, data path...) keep a value given on
+    the command line. Left at their default, they too come from the checkpoint, so
+    ``--resume RUN_DIR`` alone continues the run as it was started.
+    """
+    for key, value in saved.items():
+        if key == "resume":
+            continue
+        if key in runtime_options and getattr(args, key, None) != parser.get_default(key):
+            continue
+        setattr(args, key, value)
+    return args
