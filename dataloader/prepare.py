@@ -1,12 +1,16 @@
-"""Convert raw FER2013 downloads into the project's h5 layout.
+"""Convert raw FER2013, CK+48 and JAFFE downloads into the project's h5 layouts.
 
 Usage::
 
     python -m dataloader.prepare fer2013 --csv fer2013.csv --out data/FER_2013/data.h5
     python -m dataloader.prepare fer2013 --folders DIR --out data/FER_2013/data.h5
+    python -m dataloader.prepare ck48 --folder CK+48 --out data/CK+48/ck48.h5
+    python -m dataloader.prepare jaffe --folder jaffedbase --out data/JAFFE/jaffe.h5 --preview crop.png
 
 The CSV is Kaggle's ``fer2013.csv`` (columns emotion, pixels, Usage). The folder copy has
 ``train/<class>/*.jpg`` and ``test/<class>/PublicTest_*.jpg`` / ``PrivateTest_*.jpg``.
+CK+48 is its class folders of ``S###_###_########.png`` files, JAFFE its folder of
+``KA.AN1.39.tiff`` files (see ``dataloader.ck48`` and ``dataloader.jaffe`` for the layouts).
 Nothing is written unless the whole input is valid.
 """
 from __future__ import annotations
@@ -24,7 +28,9 @@ import h5py
 import numpy as np
 import torch
 
+from dataloader import ck48, jaffe
 from dataloader.fer2013 import CLASSES, DEFAULT_PATH, IMAGE_SIZE, SPLITS, DatasetError, exact_duplicates
+from dataloader.labdata import format_counts
 
 logger = logging.getLogger(__name__)
 
@@ -379,6 +385,31 @@ def _run_fer2013(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _run_ck48(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    dataset = ck48.read_ck48_folder(args.folder)
+    ck48.write_ck48_h5(dataset, out, overwrite=args.force)
+    sequences = len(set(zip(dataset.subjects.tolist(), dataset.sequences.tolist())))
+    print(format_counts(dataset))
+    print(f"{sequences} sequences")
+    print(f"wrote {out}")
+
+
+def _run_jaffe(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    dataset = jaffe.read_jaffe_folder(args.folder)
+    jaffe.write_jaffe_h5(dataset, out, overwrite=args.force)
+    print(format_counts(dataset))
+    print(f"wrote {out}")
+    if args.preview is not None:
+        jaffe.save_crop_preview(dataset, args.preview)
+        print(f"wrote the crop preview {args.preview} (box left, top, size = {jaffe.DEFAULT_CROP})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser, with one subcommand and its own options per dataset."""
     parser = argparse.ArgumentParser(prog="python -m dataloader.prepare", description=__doc__.split("\n")[0])
@@ -393,6 +424,36 @@ def build_parser() -> argparse.ArgumentParser:
     fer.add_argument("--out", type=Path, default=Path(DEFAULT_PATH), help=f"output h5 file (default: {DEFAULT_PATH})")
     fer.add_argument("--force", action="store_true", help="replace the output file if it exists")
     fer.set_defaults(run=_run_fer2013)
+
+    ck48_command = commands.add_parser(
+        "ck48", help="convert the CK+48 class folders (anger/, contempt/, ... of S###_###_########.png files)"
+    )
+    ck48_command.add_argument(
+        "--folder", type=Path, required=True, metavar="DIR", help="folder with one subfolder per class"
+    )
+    ck48_command.add_argument(
+        "--out", type=Path, default=Path(ck48.DEFAULT_PATH), help=f"output h5 file (default: {ck48.DEFAULT_PATH})"
+    )
+    ck48_command.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    ck48_command.set_defaults(run=_run_ck48)
+
+    jaffe_command = commands.add_parser(
+        "jaffe", help="convert the JAFFE folder of KA.AN1.39.tiff files (stores the full 256x256 images)"
+    )
+    jaffe_command.add_argument(
+        "--folder", type=Path, required=True, metavar="DIR", help="folder with the JAFFE .tiff files"
+    )
+    jaffe_command.add_argument(
+        "--out", type=Path, default=Path(jaffe.DEFAULT_PATH), help=f"output h5 file (default: {jaffe.DEFAULT_PATH})"
+    )
+    jaffe_command.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    jaffe_command.add_argument(
+        "--preview",
+        type=Path,
+        metavar="PNG",
+        help="also write a PNG that shows one image per subject with the default face crop box and the crop",
+    )
+    jaffe_command.set_defaults(run=_run_jaffe)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Tiny synthetic FER2013 files for tests.
+"""Tiny synthetic FER2013 files and CK+48 and JAFFE folders for tests.
 
 Each image is grey noise with a brighter horizontal bar whose row depends on the class, so a
 small network can learn the classes above chance in a few steps.
@@ -10,8 +10,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from PIL import Image
 
+from dataloader.ck48 import CK48_CLASSES
 from dataloader.fer2013 import CLASSES, IMAGE_SIZE, SPLITS
+from dataloader.jaffe import DEFAULT_CROP as JAFFE_CROP
+from dataloader.jaffe import EXPRESSIONS as JAFFE_EXPRESSIONS
+from dataloader.jaffe import IMAGE_SIZE as JAFFE_SIZE
 
 BAR_HEIGHT = 4
 BAR_SPACING = 6  # rows between the tops of neighbouring classes' bars
@@ -96,3 +101,81 @@ def make_fer2013_csv(
             }
             stream.write(separator.join(fields[column] for column in column_order) + "\n")
     return path
+
+
+def make_ck48_folder(
+    root: str | Path,
+    subjects: Sequence[int] = (10, 11, 12, 13, 14, 15),
+    classes: Sequence[str] = CK48_CLASSES,
+    frames: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write a small CK+48 folder copy and return ``root``.
+
+    Every subject gets one sequence per class in ``classes``, with sequence numbers 1, 2, ...
+    in that order, and ``frames`` 48x48 grey PNG frames per sequence, numbered from 10. Files
+    are named ``<class>/S###_###_########.png`` as in the real copy. An image shows a bar at
+    the row of its class's index in CK48_CLASSES.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for sequence, name in enumerate(classes, start=1):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        labels = np.full(frames, CK48_CLASSES.index(name), dtype=np.int64)
+        for subject in subjects:
+            for frame, image in enumerate(synthetic_images(labels, rng), start=10):
+                Image.fromarray(image, mode="L").save(folder / f"S{subject:03d}_{sequence:03d}_{frame:08d}.png")
+    return root
+
+
+def palette_tiff(path: str | Path, grey: np.ndarray) -> Path:
+    """Save uint8 grey pixels as a palette ("P") TIFF whose palette is reversed grey.
+
+    Entry i of the palette is the grey value 255 - i. A reader that applies the palette gets
+    ``grey`` back, and one that reads the raw indices gets 255 - ``grey``.
+    """
+    indices = np.ascontiguousarray(255 - grey.astype(np.uint8))
+    image = Image.frombytes("P", (indices.shape[1], indices.shape[0]), indices.tobytes())
+    image.putpalette([value for index in range(256) for value in (255 - index,) * 3])
+    image.save(path)
+    return Path(path)
+
+
+def make_jaffe_folder(
+    root: str | Path,
+    subjects: Sequence[str] = ("KA", "KL", "KM"),
+    takes: int = 2,
+    palette_every: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write a small JAFFE folder copy of 256x256 grey TIFFs and return ``root``.
+
+    Every subject gets ``takes`` images of each expression, named like ``KA.AN1.39.tiff`` with
+    running image numbers. Every ``palette_every``-th file (counting from the first) is saved
+    as a palette TIFF with a reversed grey palette (see ``palette_tiff``), the others as plain
+    grey. Each image is background noise with a synthetic 48x48 face pattern (a bar at the
+    row of the FER2013 label), scaled up to fill jaffe.DEFAULT_CROP, so ``load_jaffe`` returns
+    learnable 48x48 images.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    left, top, size = JAFFE_CROP
+    number = 1
+    for subject in subjects:
+        for label, code in enumerate(JAFFE_EXPRESSIONS):
+            for take in range(1, takes + 1):
+                face = synthetic_images(np.array([label]), rng)[0]
+                full = rng.normal(120.0, NOISE_STD, size=(JAFFE_SIZE, JAFFE_SIZE))
+                full = np.clip(np.rint(full), 0, 255).astype(np.uint8)
+                full[top : top + size, left : left + size] = np.asarray(
+                    Image.fromarray(face, mode="L").resize((size, size), Image.Resampling.NEAREST)
+                )
+                path = root / f"{subject}.{code}{take}.{number}.tiff"
+                if (number - 1) % palette_every == 0:
+                    palette_tiff(path, full)
+                else:
+                    Image.fromarray(full, mode="L").save(path)
+                number += 1
+    return root
