@@ -52,7 +52,8 @@ def autocast_factory(device: torch.device, amp: str) -> Callable[[], ContextMana
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 or --amp off on the CPU")
     if device.type == "cpu":
-        logger.warning("--amp bf16 on the CPU: measured several times slower for depthwise convolutions")
+        logger.warning("--amp bf16 on the CPU made the search supernet several times slower; "
+                       "bench/retrain_step.py compares it for the evaluation network")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
