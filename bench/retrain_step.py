@@ -2,7 +2,7 @@
 
 Each measurement runs in its own process, so its peak resident memory is its own. A training
 step is a forward and backward pass with the auxiliary loss, gradient clipping and an SGD step
-on a batch of 44x44 crops, with drop path on; inference runs in eval mode on full 48x48 images.
+on a batch of 44x44 crops, with drop path on. Inference runs in eval mode on full 48x48 images.
 Every configuration is measured with and without channels-last, and with autocast off and on
 (bfloat16 on the CPU; bfloat16 and float16 on CUDA).
 
