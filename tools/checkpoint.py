@@ -28,7 +28,7 @@ class CheckpointError(ValueError):
 
 def check_plain(value: Any, where: str = "checkpoint") -> None:
     """Raise ``TypeError`` if ``value`` contains anything but plain types and tensors."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
         return
     if isinstance(value, dict):
         for key, item in value.items():

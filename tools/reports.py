@@ -24,7 +24,8 @@ def classification_summary(probs: torch.Tensor, labels: torch.Tensor, classes: S
     indices = list(range(len(classes)))
     matrix = confusion_matrix(truth, predicted, labels=indices) if len(truth) else np.zeros((len(classes),) * 2, int)
     totals = matrix.sum(axis=1)
-    per_class = {name: (100.0 * matrix[i, i] / totals[i] if totals[i] else None) for i, name in enumerate(classes)}
+    per_class = {name: (float(100.0 * matrix[i, i] / totals[i]) if totals[i] else None)
+                 for i, name in enumerate(classes)}
     return {
         "images": int(len(truth)),
         "accuracy": float(100.0 * (predicted == truth).mean()) if len(truth) else 0.0,
