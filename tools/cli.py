@@ -27,9 +27,12 @@ def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, hel
     group.add_argument("--no-" + name.lstrip("-"), dest=dest, action="store_false", help=argparse.SUPPRESS)
 
 
-def add_runtime_args(parser: argparse.ArgumentParser, data_default: str) -> None:
-    """Add the options every training script takes: data, device, seed, run directory, resume."""
-    parser.add_argument("--data", default=data_default, help=f"dataset h5 file (default: {data_default})")
+def add_runtime_args(parser: argparse.ArgumentParser, data_default: str, data_help: str = "dataset h5 file") -> None:
+    """Add the options every training script takes: data, device, seed, run directory, resume.
+
+    ``data_help`` describes what ``--data`` names; the default is appended to it.
+    """
+    parser.add_argument("--data", default=data_default, help=f"{data_help} (default: {data_default})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--seed", type=int, default=2, help="random seed (default: 2)")
     parser.add_argument("--save", default="EXP",
