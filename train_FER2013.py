@@ -22,12 +22,12 @@ from dataloader.fer2013 import DEFAULT_PATH
 from NAS import genotypes as genotype_io
 from NAS.model import NetworkFER, multiply_adds
 from tools.checkpoint import load_checkpoint, resolve_resume
-from tools.cli import add_bool_flag, add_runtime_args, restore_args
+from tools.cli import add_bool_flag, add_runtime_args, add_sgd_args, add_speed_args, restore_args
 from tools.engine import TTA_CHOICES
 from tools.experiment import make_run_dir, save_args, setup_logging
 from tools.fer_training import (Trainer, check_snapshots, cosine_scheduler, drop_path_at, final_report, fit,
                                 load_fer_data)
-from tools.runtime import (AMP_CHOICES, autocast_factory, configure_cpu, grad_scaler, seed_everything, select_device,
+from tools.runtime import (autocast_factory, configure_cpu, grad_scaler, seed_everything, select_device,
                            set_rng_state)
 
 logger = logging.getLogger("train_FER2013")
@@ -54,9 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary loss (default: 0.4)")
     group.add_argument("--drop_path_prob", type=float, default=0.2,
                        help="drop-path probability reached at the last epoch, rising linearly (default: 0.2)")
-    add_bool_flag(parser, "channels_last", True, "channels-last memory format (faster on the CPU)")
-    group.add_argument("--amp", default="off", choices=AMP_CHOICES,
-                       help="autocast precision: bf16 or fp16 on CUDA; bf16 on the CPU measured slower (default: off)")
+    add_speed_args(parser)
 
     group = parser.add_argument_group("data")
     group.add_argument("--subset", type=int, default=0,
@@ -70,14 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--eval_batch_size", type=int, default=256, help="batch size for evaluation (default: 256)")
     add_bool_flag(parser, "test_every_epoch", True, "also evaluate PrivateTest every epoch (for curves only)")
 
-    group = parser.add_argument_group("optimization")
-    group.add_argument("--epochs", type=int, default=600, help="training epochs (default: 600)")
-    group.add_argument("--batch_size", type=int, default=64, help="batch size (default: 64)")
-    group.add_argument("--learning_rate", type=float, default=0.025, help="initial learning rate (default: 0.025)")
-    group.add_argument("--learning_rate_min", type=float, default=0.0, help="final cosine learning rate (default: 0)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    group.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay (default: 3e-4)")
-    group.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping (default: 5)")
+    add_sgd_args(parser, epochs=600, learning_rate=0.025, epochs_help="training epochs")
+    group = parser.add_argument_group("snapshots")
     group.add_argument("--snapshot_train_acc", type=float, nargs="*", default=[85.0, 90.0],
                        help="save train_acc_<N>.pt the first time the training accuracy reaches N percent; "
                             "relabeling starts from such a snapshot (default: 85 90)")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from dataloader.fer2013 import DEFAULT_PATH, DatasetError
 from tools.checkpoint import CheckpointError, load_checkpoint, resolve_resume
-from tools.cli import add_bool_flag, add_runtime_args, restore_args
+from tools.cli import add_bool_flag, add_runtime_args, add_sgd_args, add_speed_args, restore_args
 from tools.engine import TTA_CHOICES, TargetFn
 from tools.experiment import make_run_dir, save_args, setup_logging, write_json
 from tools.fer_training import (TEST, VALIDATION, FERData, FitState, Trainer, cosine_scheduler, drop_path_at,
@@ -42,7 +42,7 @@ from tools.fer_training import (TEST, VALIDATION, FERData, FitState, Trainer, co
 from tools.fes import PUBLISHED_FES, compute_fes, format_fes, load_fes
 from tools.modelio import load_network
 from tools.relabel import RelabelCounter, relabel_targets
-from tools.runtime import (AMP_CHOICES, autocast_factory, configure_cpu, grad_scaler, seed_everything, select_device,
+from tools.runtime import (autocast_factory, configure_cpu, grad_scaler, seed_everything, select_device,
                            set_rng_state)
 
 logger = logging.getLogger("train_relabel")
@@ -87,19 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="tencrop: also report the softmax averaged over ten crops (default: none)")
     group.add_argument("--eval_batch_size", type=int, default=256, help="batch size for evaluation (default: 256)")
     add_bool_flag(parser, "test_every_epoch", True, "also evaluate PrivateTest every epoch (for curves only)")
-    add_bool_flag(parser, "channels_last", True, "channels-last memory format (faster on the CPU)")
-    group.add_argument("--amp", default="off", choices=AMP_CHOICES,
-                       help="autocast precision: bf16 or fp16 on CUDA; bf16 on the CPU measured slower (default: off)")
+    add_speed_args(parser)
 
-    group = parser.add_argument_group("optimization")
-    group.add_argument("--epochs", type=int, default=100, help="epochs of this run (default: 100)")
-    group.add_argument("--batch_size", type=int, default=64, help="batch size (default: 64)")
-    group.add_argument("--learning_rate", type=float, default=0.02272721,
-                       help="initial learning rate, cosine-annealed over --epochs (default: 0.02272721)")
-    group.add_argument("--learning_rate_min", type=float, default=0.0, help="final cosine learning rate (default: 0)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    group.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay (default: 3e-4)")
-    group.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping (default: 5)")
+    add_sgd_args(parser, epochs=100, learning_rate=0.02272721, epochs_help="epochs of this run")
+    group = parser.add_argument_group("network")
     group.add_argument("--auxiliary_weight", type=float, default=0.4,
                        help="weight of the auxiliary loss when the checkpoint has an auxiliary head (default: 0.4)")
     return parser

@@ -61,3 +61,27 @@ def restore_args(args: argparse.Namespace, saved: dict, parser: argparse.Argumen
             continue
         setattr(args, key, value)
     return args
+
+
+def add_speed_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--channels_last`` / ``--no-channels_last`` and ``--amp``."""
+    from tools.runtime import AMP_CHOICES
+
+    add_bool_flag(parser, "channels_last", True, "channels-last memory format (faster on the CPU)")
+    parser.add_argument("--amp", default="off", choices=AMP_CHOICES,
+                        help="autocast precision: bf16 or fp16 on CUDA; on the CPU, compare bf16 with "
+                             "bench/retrain_step.py first (default: off)")
+
+
+def add_sgd_args(parser: argparse.ArgumentParser, *, epochs: int, learning_rate: float, epochs_help: str) -> None:
+    """Add the options of SGD with a cosine learning rate: epochs, batch size, learning rates,
+    momentum, weight decay and gradient clipping."""
+    group = parser.add_argument_group("optimization")
+    group.add_argument("--epochs", type=int, default=epochs, help=f"{epochs_help} (default: {epochs})")
+    group.add_argument("--batch_size", type=int, default=64, help="batch size (default: 64)")
+    group.add_argument("--learning_rate", type=float, default=learning_rate,
+                       help=f"initial learning rate, cosine-annealed over --epochs (default: {learning_rate})")
+    group.add_argument("--learning_rate_min", type=float, default=0.0, help="final cosine learning rate (default: 0)")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    group.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay (default: 3e-4)")
+    group.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping (default: 5)")

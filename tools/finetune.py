@@ -32,13 +32,13 @@ from dataloader.folds import Fold, FoldError, fold_coverage, folds_from_json, fo
 from dataloader.labdata import LabDataset, format_counts
 from NAS.model import NetworkFER
 from tools.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from tools.cli import add_bool_flag, add_runtime_args, restore_args
+from tools.cli import add_bool_flag, add_runtime_args, add_sgd_args, add_speed_args, restore_args
 from tools.engine import TTA_CHOICES, Autocast, Predictions, predict, train_one_epoch
 from tools.experiment import MetricsCSV, make_run_dir, save_args, setup_logging, write_json
 from tools.fer_training import cosine_scheduler, drop_path_at
 from tools.modelio import build_network, load_network, network_record
 from tools.reports import classification_summary, format_summary, plot_confusion
-from tools.runtime import (AMP_CHOICES, autocast_factory, configure_cpu, grad_scaler, rng_state, seed_everything,
+from tools.runtime import (autocast_factory, configure_cpu, grad_scaler, rng_state, seed_everything,
                            select_device, set_rng_state)
 
 logger = logging.getLogger(__name__)
@@ -103,19 +103,9 @@ def add_finetune_args(parser: argparse.ArgumentParser, *, data_default: str, dat
     group.add_argument("--drop_path_prob", type=float, default=0.2,
                        help="drop-path probability reached at the last fine-tune epoch, rising linearly from 0 "
                             "(default: 0.2)")
-    add_bool_flag(parser, "channels_last", True, "channels-last memory format (faster on the CPU)")
-    group.add_argument("--amp", default="off", choices=AMP_CHOICES,
-                       help="autocast precision: bf16 or fp16 on CUDA; bf16 on the CPU measured slower (default: off)")
+    add_speed_args(parser)
 
-    group = parser.add_argument_group("optimization")
-    group.add_argument("--epochs", type=int, default=60, help="fine-tune epochs per fold (default: 60)")
-    group.add_argument("--batch_size", type=int, default=64, help="batch size (default: 64)")
-    group.add_argument("--learning_rate", type=float, default=0.01794073,
-                       help="initial learning rate (default: 0.01794073)")
-    group.add_argument("--learning_rate_min", type=float, default=0.0, help="final cosine learning rate (default: 0)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    group.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay (default: 3e-4)")
-    group.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping (default: 5)")
+    add_sgd_args(parser, epochs=60, learning_rate=0.01794073, epochs_help="fine-tune epochs per fold")
 
 
 def prepare_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path | None:
