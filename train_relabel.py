@@ -21,7 +21,6 @@ starts again at --learning_rate with a fresh SGD optimizer and a cosine schedule
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -240,10 +239,7 @@ def evaluate_start(path: str, data: FERData, device: torch.device, memory_format
                    autocast: Any, tencrop: bool) -> dict[str, Any]:
     """Evaluate the starting checkpoint as final_report evaluates the run's own checkpoints."""
     predictions, epoch = evaluate_checkpoint(Path(path), data, device, memory_format, autocast, tencrop)
-    report = {"checkpoint": str(path), "epoch": epoch, **summarise(predictions, data)}
-    # The summaries contain NumPy floats, which torch.load(weights_only=True) rejects, so they
-    # go into the checkpoints as the plain floats of a JSON round trip.
-    return json.loads(json.dumps(report))
+    return {"checkpoint": str(path), "epoch": epoch, **summarise(predictions, data)}
 
 
 def log_comparison(report: dict[str, Any]) -> None:
