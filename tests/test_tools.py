@@ -173,6 +173,18 @@ def test_vis_cell_rejects_an_invalid_genotype(tmp_path):
     assert not (tmp_path / "cell_normal.png").exists()
 
 
+def test_vis_cell_combined_stacks_both_cells(tmp_path):
+    import matplotlib.image
+
+    genotype = genotypes.Auto_FERNet
+    written = vis_cell.draw_genotype(genotype, tmp_path / "cell", "Auto_FERNet", ["png"])
+    combined = vis_cell.draw_combined(genotype, tmp_path / "cells.png", "Auto_FERNet")
+    heights = [matplotlib.image.imread(path).shape[0] for path in written]
+    image = matplotlib.image.imread(combined)
+    assert image.shape[0] == sum(heights)
+    assert image.shape[1] == max(matplotlib.image.imread(path).shape[1] for path in written)
+
+
 def test_vis_cell_module_command_reads_genotype_json(tmp_path):
     run_dir = write_search_run(tmp_path / "search-x")
     result = run_tool("-m", "tools.vis_cell", str(run_dir / "genotype.json"), "--out", str(tmp_path / "cell"),

@@ -30,6 +30,7 @@ if __package__ in (None, ""):
 
 import argparse
 import logging
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -323,6 +324,28 @@ def draw_genotype(genotype: Genotype, prefix: str | Path, name: str = "genotype"
     return written
 
 
+def draw_combined(genotype: Genotype, path: str | Path, name: str = "genotype", dpi: int = 150) -> Path:
+    """Draw the normal cell above the reduction cell of ``genotype`` in one PNG file at ``path``."""
+    import matplotlib.image
+
+    genotype = genotype_io.validate(genotype)
+    images = []
+    for cell_type in CELL_TYPES:
+        drawing = draw_cell(getattr(genotype, cell_type), getattr(genotype, f"{cell_type}_concat"),
+                            f"{name}: {CELL_TITLES[cell_type]}")
+        drawing.figure.set_dpi(dpi)
+        drawing.figure.canvas.draw()
+        images.append(np.asarray(drawing.figure.canvas.buffer_rgba()))
+    width = max(image.shape[1] for image in images)
+    padded = [np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255) for image in images]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    matplotlib.image.imsave(temporary, np.concatenate(padded, axis=0))
+    os.replace(temporary, path)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of ``python tools/vis_cell.py``."""
     parser = argparse.ArgumentParser(
@@ -337,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), metavar="FORMAT",
                         help="file formats to write, any that matplotlib supports (default: png pdf)")
     parser.add_argument("--title", default=None, help="name shown above each cell (default: the genotype name)")
+    parser.add_argument("--combined", default=None, metavar="PNG",
+                        help="also write both cells, normal above reduction, into this one PNG file")
     return parser
 
 
@@ -351,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {error}\n")
     for path in draw_genotype(genotype, args.out, args.title or genotype_title(args.genotype), args.formats):
         print(f"wrote {path}")
+    if args.combined:
+        print(f"wrote {draw_combined(genotype, args.combined, args.title or genotype_title(args.genotype))}")
     return 0
 
 
