@@ -332,6 +332,10 @@ def plot_fes(matrix: np.ndarray, out_png: str | Path, title: str = "Facial Expre
     try:
         with os.fdopen(handle, "wb") as file:
             figure.savefig(file, format="png", dpi=120)
+        # mkstemp creates the file readable by its owner only; give it the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, out_png)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

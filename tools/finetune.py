@@ -608,11 +608,15 @@ def cross_validate(task: Task, source: Source, args: argparse.Namespace, run_dir
 # Reports
 
 
-def mean_and_std(values: Sequence[float]) -> dict[str, float]:
-    """Return the mean and the sample standard deviation (ddof=1; 0 for one value)."""
+def mean_and_std(values: Sequence[float]) -> dict[str, float | None]:
+    """Return the mean and the sample standard deviation (ddof=1; None for one value, where it is undefined)."""
     array = np.asarray(values, dtype=np.float64)
-    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    std = float(array.std(ddof=1)) if len(array) > 1 else None
     return {"mean": float(array.mean()), "std": std}
+
+
+def _format_std(std: float | None) -> str:
+    return "n/a (one fold)" if std is None else f"{std:.2f}%"
 
 
 def _pooled(results: Sequence[dict[str, Any]], view: str, classes: Sequence[str]) -> dict[str, Any]:
@@ -680,19 +684,20 @@ def summarise(task: Task, source: Source, args: argparse.Namespace, run_dir: Pat
     accuracy = summary["accuracy"]
     folds_text = f"{len(results)} of {len(task.folds)} {task.protocol} folds"
     logger.info("%s, %s, last epoch (%d) of each fold:\n%s", task.name, folds_text, args.epochs, _fold_table(results))
-    logger.info("accuracy over %d fold(s): mean %.2f%%, sample standard deviation %.2f%%", len(results),
-                accuracy["mean"], accuracy["std"])
+    logger.info("accuracy over %d fold(s): mean %.2f%%, sample standard deviation %s", len(results),
+                accuracy["mean"], _format_std(accuracy["std"]))
     if args.tta == "tencrop":
-        logger.info("ten-crop accuracy over folds: mean %.2f%%, standard deviation %.2f%%",
-                    summary["accuracy_tencrop"]["mean"], summary["accuracy_tencrop"]["std"])
+        logger.info("ten-crop accuracy over folds: mean %.2f%%, standard deviation %s",
+                    summary["accuracy_tencrop"]["mean"], _format_std(summary["accuracy_tencrop"]["std"]))
     if args.report_best_epoch:
-        logger.info("best epoch per fold, SELECTED ON TEST: mean %.2f%%, standard deviation %.2f%%",
-                    summary["best_epoch_selected_on_test"]["mean"], summary["best_epoch_selected_on_test"]["std"])
+        logger.info("best epoch per fold, SELECTED ON TEST: mean %.2f%%, standard deviation %s",
+                    summary["best_epoch_selected_on_test"]["mean"],
+                    _format_std(summary["best_epoch_selected_on_test"]["std"]))
     logger.info("summed over folds (%d predictions of %d distinct images; %s):\n%s", pooled["images"],
                 summary["tested_images"]["distinct"], " ".join(task.notes), format_summary(pooled, classes))
     plot_confusion(pooled["confusion"], classes, run_dir / "confusion.png",
                    title=f"{task.name}, {folds_text}, last epoch, summed over folds: "
-                         f"{accuracy['mean']:.2f}% +- {accuracy['std']:.2f}% (mean over folds)")
+                         f"{accuracy['mean']:.2f}% +- {_format_std(accuracy['std'])} (mean over folds)")
     return summary
 
 
