@@ -108,3 +108,14 @@ def resolve_resume(path: str | Path, filename: str = "last.pt") -> Path:
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such file or run directory")
     return path
+
+
+def restore_training(checkpoint: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Load the model, optimizer, learning-rate scheduler and (when saved) gradient scaler states
+    of a checkpoint written by a training stage."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])

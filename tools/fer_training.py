@@ -20,7 +20,7 @@ from dataloader.batches import TensorBatches, make_augment
 from dataloader.fer2013 import CLASSES, IMAGE_SIZE, exact_duplicates, load_fer2013
 from dataloader.splits import stratified_subset
 from NAS.model import NetworkFER
-from tools.checkpoint import atomic_save
+from tools.checkpoint import atomic_save, restore_training
 from tools.engine import Autocast, Predictions, TargetFn, predict, train_one_epoch
 from tools.experiment import MetricsCSV, write_json
 from tools.modelio import load_network, network_record
@@ -125,11 +125,7 @@ class Trainer:
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Restore the model, optimizer, scheduler, scaler, batch order and progress."""
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint.get("scaler"):
-            self.scaler.load_state_dict(checkpoint["scaler"])
+        restore_training(checkpoint, self.model, self.optimizer, self.scheduler, self.scaler)
         self.data.train.load_state_dict(checkpoint["train_batches"])
         self.state = FitState.from_dict(checkpoint["state"])
 

@@ -31,7 +31,7 @@ from dataloader.fer2013 import DatasetError
 from dataloader.folds import Fold, FoldError, fold_coverage, folds_from_json, folds_to_json
 from dataloader.labdata import LabDataset, format_counts
 from NAS.model import NetworkFER
-from tools.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from tools.checkpoint import CheckpointError, atomic_save, load_checkpoint, restore_training
 from tools.cli import add_bool_flag, add_runtime_args, add_sgd_args, add_speed_args, restore_args
 from tools.engine import TTA_CHOICES, Autocast, Predictions, predict, train_one_epoch
 from tools.experiment import MetricsCSV, make_run_dir, save_args, setup_logging, write_json
@@ -439,11 +439,7 @@ class FoldRun:
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Restore the model, optimizer, schedule, batch order, random state and progress."""
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint.get("scaler"):
-            self.scaler.load_state_dict(checkpoint["scaler"])
+        restore_training(checkpoint, self.model, self.optimizer, self.scheduler, self.scaler)
         self.train.load_state_dict(checkpoint["train_batches"])
         set_rng_state(checkpoint["rng"])
         self.epoch = int(checkpoint["epoch"])
