@@ -30,42 +30,16 @@ import torch
 
 from dataloader import ck48, jaffe
 from dataloader.fer2013 import CLASSES, DEFAULT_PATH, IMAGE_SIZE, SPLITS, DatasetError, exact_duplicates
-from dataloader.labdata import format_counts
+from dataloader.labdata import ErrorList, format_counts
 
 logger = logging.getLogger(__name__)
 
-MAX_ERRORS = 20
 PIXEL_COUNT = IMAGE_SIZE * IMAGE_SIZE
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FOLDER_CLASSES = {name.lower(): index for index, name in enumerate(CLASSES)}
 CSV_COLUMNS = ("emotion", "pixels", "Usage")
 
 SplitArrays = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-class _ErrorList:
-    """Collects validation messages and stops reading once MAX_ERRORS are collected."""
-
-    def __init__(self, source: Path) -> None:
-        self.source = source
-        self.messages: list[str] = []
-
-    def add(self, message: str) -> None:
-        if not self.full:
-            self.messages.append(message)
-
-    @property
-    def full(self) -> bool:
-        return len(self.messages) >= MAX_ERRORS
-
-    def raise_if_any(self) -> None:
-        if not self.messages:
-            return
-        more = " (stopped after the first errors)" if self.full else ""
-        summary = f"{self.source}: {len(self.messages)} error(s){more}; nothing was written:\n" + "\n".join(
-            self.messages
-        )
-        raise DatasetError(summary, self.messages)
 
 
 def _stack(pixel_rows: list[np.ndarray], labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +126,7 @@ def read_fer2013_csv(path: str | Path) -> SplitArrays:
 
     pixel_rows: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
     labels: dict[str, list[int]] = {name: [] for name in SPLITS}
-    errors = _ErrorList(path)
+    errors = ErrorList(path)
     rows_read = 0
 
     with path.open(newline="", encoding="utf-8-sig") as stream:
@@ -218,7 +192,7 @@ def _load_grey_image(path: Path) -> tuple[np.ndarray | None, str | None]:
     return np.asarray(grey, dtype=np.uint8), None
 
 
-def _class_folders(part: Path, errors: _ErrorList) -> list[tuple[int, Path]]:
+def _class_folders(part: Path, errors: ErrorList) -> list[tuple[int, Path]]:
     """Return (label, folder) for every class folder in ``part``, in label order."""
     found: list[tuple[int, Path]] = []
     for entry in sorted(part.iterdir()):
@@ -240,7 +214,7 @@ def _read_folder_part(
     split_of: Callable[[Path], str | None],
     pixel_rows: dict[str, list[np.ndarray]],
     labels: dict[str, list[int]],
-    errors: _ErrorList,
+    errors: ErrorList,
 ) -> int:
     """Read the images under ``part`` (train or test) and return how many images were found."""
     found = 0
@@ -286,7 +260,7 @@ def read_fer2013_folders(root: str | Path) -> SplitArrays:
 
     pixel_rows: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
     labels: dict[str, list[int]] = {name: [] for name in SPLITS}
-    errors = _ErrorList(root)
+    errors = ErrorList(root)
 
     train_count = _read_folder_part(parts["train"], lambda file: "Training", pixel_rows, labels, errors)
     test_count = 0
