@@ -21,10 +21,11 @@ import torch
 from dataloader.fer2013 import DEFAULT_PATH
 from NAS import genotypes as genotype_io
 from NAS.model import NetworkFER, multiply_adds
-from tools.checkpoint import load_checkpoint, resolve_resume
+from tools.checkpoint import CheckpointError, load_checkpoint, resolve_resume
 from tools.cli import add_bool_flag, add_runtime_args, add_sgd_args, add_speed_args, restore_args
 from tools.engine import TTA_CHOICES
 from tools.experiment import make_run_dir, save_args, setup_logging
+from tools.modelio import NETWORK_KINDS
 from tools.fer_training import (Trainer, check_snapshots, cosine_scheduler, drop_path_at, final_report, fit,
                                 load_fer_data)
 from tools.runtime import (autocast_factory, configure_cpu, grad_scaler, seed_everything, select_device,
@@ -76,6 +77,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Stop with a message naming the flag when the genotype or the checkpoint to evaluate is unusable."""
+    if args.evaluate:
+        try:
+            load_checkpoint(args.evaluate, kind=NETWORK_KINDS, required=["network", "model"])
+        except CheckpointError as error:
+            raise SystemExit(f"--evaluate: {error}") from None
+        return
+    try:
+        genotype_io.load(args.genotype or args.arch)
+    except (genotype_io.GenotypeError, FileNotFoundError) as error:
+        flag = f"--genotype {args.genotype}" if args.genotype else f"--arch {args.arch}"
+        raise SystemExit(f"{flag}: {error}") from None
+
+
 def main(args: argparse.Namespace) -> Path:
     # Run directory, logging and the checkpoint to resume from.
     checkpoint = None
@@ -85,6 +101,7 @@ def main(args: argparse.Namespace) -> Path:
         restore_args(args, checkpoint["args"], get_args_parser(), RUNTIME_OPTIONS)
         run_dir = resume_path.parent
     else:
+        check_inputs(args)
         run_dir = make_run_dir(args.save, "eval" if args.evaluate else "retrain")
     setup_logging(run_dir)
     logger.info("command: %s", " ".join(sys.argv))

@@ -314,3 +314,16 @@ def test_real_fer2013_tiny_run(tmp_path):
     assert results["test_images_in_training"] > 0
     fresh = results["best"]["PrivateTest_not_in_Training"]["plain"]["images"]
     assert fresh == 3589 - results["test_images_in_training"]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--genotype", "missing.json", "--genotype .*missing.json: genotype file .* not found"),
+    ("--arch", "NoSuchCell", "--arch NoSuchCell: unknown genotype"),
+    ("--evaluate", "missing.pt", "--evaluate: checkpoint .*missing.pt not found"),
+])
+def test_bad_cell_or_checkpoint_flag_is_named(synthetic_h5, tmp_path, flag, value, message):
+    if value.endswith((".json", ".pt")):
+        value = str(tmp_path / value)
+    with pytest.raises(SystemExit, match=message):
+        run(synthetic_h5, tmp_path / "run", "--epochs", "1", flag, value)
+    assert not (tmp_path / "run").exists()
