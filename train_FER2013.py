@@ -46,8 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("network")
     cell = group.add_mutually_exclusive_group()
     cell.add_argument("--arch", default="Auto_FERNet",
-                      help=f"a genotype name in NAS/genotypes.py ({', '.join(genotype_io.names())}; "
-                           "default: Auto_FERNet)")
+                      help=f"a genotype name in NAS/genotypes.py ({', '.join(genotype_io.names())}), or random:SEED "
+                           "for a cell drawn from the search space (default: Auto_FERNet)")
     cell.add_argument("--genotype", default="", metavar="PATH", help="a genotype.json written by train_search.py")
     group.add_argument("--init_channels", type=int, default=36, help="channels of the first cells (default: 36)")
     group.add_argument("--layers", type=int, default=12, help="number of cells (default: 12)")

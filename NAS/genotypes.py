@@ -10,6 +10,7 @@ Add a searched cell by pasting the line that ``train_search.py`` prints at the e
 from __future__ import annotations
 
 import json
+import random
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
@@ -123,16 +124,46 @@ def to_python(genotype: Genotype, name: str = "Searched") -> str:
             f"reduce={genotype.reduce!r}, reduce_concat={genotype.reduce_concat!r})")
 
 
+def random_genotype(seed: int) -> Genotype:
+    """Draw a cell of each type uniformly from the search space, reproducibly from ``seed``.
+
+    Each intermediate node takes two distinct inputs among the states before it, and each input
+    edge one operation other than ``none``, as a searched cell does. Nodes 2..5 are concatenated.
+    A random cell trained with the same budget as a searched one is the usual baseline of a search.
+    """
+    rng = random.Random(seed)
+    operations = [op for op in PRIMITIVES if op != "none"]
+
+    def cell() -> list[tuple[str, int]]:
+        edges: list[tuple[str, int]] = []
+        for node in range(NODES):
+            for source in sorted(rng.sample(range(node + 2), 2)):
+                edges.append((rng.choice(operations), source))
+        return edges
+
+    concat = list(range(2, NODES + 2))
+    return Genotype(cell(), concat, cell(), list(concat))
+
+
+RANDOM_PREFIX = "random:"
+
+
 def names() -> list[str]:
     """Return the names of the genotypes defined in this module."""
     return [name for name, value in globals().items() if isinstance(value, Genotype)]
 
 
 def load(spec: str | Path) -> Genotype:
-    """Load a genotype by name from this module, or from a JSON file written by the search."""
+    """Load a genotype by name from this module, from a JSON file written by the search, or
+    draw one with ``random:SEED`` (see ``random_genotype``)."""
     spec_text = str(spec)
     if spec_text in names():
         return validate(globals()[spec_text])
+    if spec_text.startswith(RANDOM_PREFIX):
+        seed_text = spec_text[len(RANDOM_PREFIX):]
+        if not seed_text.isdigit():
+            raise GenotypeError(f"{spec_text!r}: expected {RANDOM_PREFIX}SEED with a non-negative integer seed")
+        return validate(random_genotype(int(seed_text)))
     path = Path(spec_text)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
@@ -148,5 +179,5 @@ def load(spec: str | Path) -> Genotype:
         except GenotypeError as error:
             raise GenotypeError(f"{path}: {error}") from None
     raise GenotypeError(
-        f"unknown genotype {spec_text!r}: give a name from NAS/genotypes.py ({', '.join(names())}) "
-        "or the path of a genotype.json")
+        f"unknown genotype {spec_text!r}: give a name from NAS/genotypes.py ({', '.join(names())}), "
+        f"the path of a genotype.json, or {RANDOM_PREFIX}SEED for a random cell")

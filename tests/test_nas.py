@@ -380,3 +380,26 @@ def test_invalid_genotypes_rejected(tmp_path, mutate, message):
 def test_unknown_genotype_name_rejected():
     with pytest.raises(GenotypeError, match="unknown genotype 'NoSuchCell'"):
         genotypes.load("NoSuchCell")
+
+
+def test_random_genotype_is_valid_reproducible_and_spread():
+    drawn = [genotypes.load(f"random:{seed}") for seed in range(200)]
+    assert drawn[0] == genotypes.random_genotype(0)
+    assert len({genotypes.to_python(g) for g in drawn}) == 200
+    used_ops, used_sources = set(), set()
+    for genotype in drawn:
+        for cell in (genotype.normal, genotype.reduce):
+            for node in range(genotypes.NODES):
+                (op_a, source_a), (op_b, source_b) = cell[2 * node], cell[2 * node + 1]
+                assert source_a != source_b, "a node must read two different states"
+                used_ops.update((op_a, op_b))
+                used_sources.update((source_a, source_b))
+        assert genotype.normal_concat == genotype.reduce_concat == [2, 3, 4, 5]
+    assert used_ops == set(PRIMITIVES) - {"none"}
+    assert used_sources == set(range(genotypes.NODES + 1))
+
+
+@pytest.mark.parametrize("spec", ["random:", "random:x", "random:-1"])
+def test_random_genotype_spec_needs_a_seed(spec):
+    with pytest.raises(GenotypeError, match="random:SEED"):
+        genotypes.load(spec)
