@@ -382,7 +382,7 @@ def test_unknown_genotype_name_rejected():
         genotypes.load("NoSuchCell")
 
 
-def test_random_genotype_is_valid_reproducible_and_spread():
+def test_random_genotypes_valid_and_varied():
     drawn = [genotypes.load(f"random:{seed}") for seed in range(200)]
     assert drawn[0] == genotypes.random_genotype(0)
     assert len({genotypes.to_python(g) for g in drawn}) == 200
@@ -400,6 +400,6 @@ def test_random_genotype_is_valid_reproducible_and_spread():
 
 
 @pytest.mark.parametrize("spec", ["random:", "random:x", "random:-1"])
-def test_random_genotype_spec_needs_a_seed(spec):
+def test_random_spec_needs_seed(spec):
     with pytest.raises(GenotypeError, match="random:SEED"):
         genotypes.load(spec)
