@@ -162,7 +162,8 @@ def load(spec: str | Path) -> Genotype:
     if spec_text.startswith(RANDOM_PREFIX):
         seed_text = spec_text[len(RANDOM_PREFIX):]
         if not seed_text.isdigit():
-            raise GenotypeError(f"invalid random cell {spec_text!r}: expected {RANDOM_PREFIX}SEED with a non-negative integer seed, for example {RANDOM_PREFIX}1")
+            raise GenotypeError(f"invalid random cell {spec_text!r}: expected {RANDOM_PREFIX}SEED with a "
+                                f"non-negative integer seed, for example {RANDOM_PREFIX}1")
         return validate(random_genotype(int(seed_text)))
     path = Path(spec_text)
     if path.suffix == ".json" or path.exists():
