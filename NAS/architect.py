@@ -9,7 +9,8 @@ difference with epsilon = 0.01 / ||dL_val/dw'||. The virtual weights are evaluat
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -109,12 +110,14 @@ class Architect:
             loss, logits, grads = self._unrolled_gradients(x_train, y_train, x_valid, y_valid, eta,
                                                            network_optimizer, alphas)
         else:
-            logits = self._forward(x_valid)
-            loss = self._loss(logits, y_valid)
-            total = loss + self.complexity_loss()
-            # Gradients for the architecture weights only: autograd then skips every
-            # weight-gradient computation of the network.
-            grads = torch.autograd.grad(total, alphas)
+            # Gradients for the architecture weights only. With the network weights frozen,
+            # autograd neither saves tensors for nor computes any weight gradient, custom
+            # backward functions included.
+            with _frozen(self.model.weight_parameters()):
+                logits = self._forward(x_valid)
+                loss = self._loss(logits, y_valid)
+                total = loss + self.complexity_loss()
+                grads = torch.autograd.grad(total, alphas)
         # Clear every architecture gradient first: a weight step's backward leaves gradients on
         # the architecture weights, and a stale one on a newly frozen edge would move it.
         self.optimizer.zero_grad(set_to_none=True)
@@ -189,6 +192,19 @@ class Architect:
             grads = torch.autograd.grad(loss, alphas, allow_unused=True)
             gradients.append([g if g is not None else torch.zeros_like(a) for a, g in zip(alphas, grads)])
         return [(gp - gn) / (2 * epsilon) for gp, gn in zip(*gradients)]
+
+
+@contextmanager
+def _frozen(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Turn off ``requires_grad`` of the trainable ``parameters`` inside the block."""
+    trainable = [p for p in parameters if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
 def _is_alpha(name: str) -> bool:

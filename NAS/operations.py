@@ -32,67 +32,14 @@ PRIMITIVES: tuple[str, ...] = (
 )
 
 
-# Below this many channels, PyTorch's batch-norm backward on channels-last CPU tensors takes a
-# slow path (measured 5x slower than the NCHW kernel at 8 channels, torch 2.14.1 on 2 cores).
-SLOW_CHANNELS_LAST_BN = 16
-
-
-class _NCHWBatchNormBackward(torch.autograd.Function):
-    """Training-mode batch norm whose backward runs on an NCHW copy of the tensors.
-
-    The forward is PyTorch's own, so it also updates the running statistics. The backward
-    recomputes the normalisation from the saved input in NCHW layout and returns channels-last
-    gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, x, running_mean, running_var, weight, bias, momentum, eps):
-        ctx.save_for_backward(x, weight, bias)
-        ctx.eps = eps
-        return F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, bias = ctx.saved_tensors
-        with torch.enable_grad():
-            x_nchw = x.detach().contiguous().requires_grad_(ctx.needs_input_grad[0])
-            inputs = [x_nchw]
-            w = None if weight is None else weight.detach().requires_grad_(ctx.needs_input_grad[3])
-            b = None if bias is None else bias.detach().requires_grad_(ctx.needs_input_grad[4])
-            inputs += [t for t in (w, b) if t is not None]
-            y = F.batch_norm(x_nchw, None, None, w, b, True, 0.0, ctx.eps)
-            needed = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(y, needed, grad.contiguous()) if needed else [])
-        grad_x = next(grads).contiguous(memory_format=torch.channels_last) if x_nchw.requires_grad else None
-        grad_w = next(grads) if w is not None and w.requires_grad else None
-        grad_b = next(grads) if b is not None and b.requires_grad else None
-        return grad_x, None, None, grad_w, grad_b, None, None
-
-
 def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, weight: torch.Tensor | None,
                bias: torch.Tensor | None) -> torch.Tensor:
-    """Apply ``bn``'s statistics with the given affine ``weight`` and ``bias``.
-
-    Routes small channels-last CPU batches in training mode to a faster backward.
-    """
+    """Apply ``bn``'s statistics with the given affine ``weight`` and ``bias``."""
     training = bn.training or bn.running_mean is None
     if bn.training and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
     momentum = bn.momentum if bn.momentum is not None else 0.0
-    if (training and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] < SLOW_CHANNELS_LAST_BN
-            and torch.is_grad_enabled() and x.is_contiguous(memory_format=torch.channels_last)
-            and not x.is_contiguous()):
-        return _NCHWBatchNormBackward.apply(x, bn.running_mean, bn.running_var, weight, bias, momentum, bn.eps)
     return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, training, momentum, bn.eps)
-
-
-class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` with a faster backward for small channels-last CPU batches."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.track_running_stats or self.momentum is None:
-            return super().forward(x)
-        return batch_norm(x, self, self.weight, self.bias)
 
 
 class ReLUConvBN(nn.Module):
@@ -106,7 +53,7 @@ class ReLUConvBN(nn.Module):
             conv: nn.Module = PointwiseConv(C_in, C_out, stride)
         else:
             conv = nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False)
-        layers += [conv, BatchNorm2d(C_out, affine=affine)]
+        layers += [conv, nn.BatchNorm2d(C_out, affine=affine)]
         self.op = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,6 +109,81 @@ class StridedDilatedConv(nn.Conv2d):
         return nn.functional.conv2d(x[:, :, ::2, ::2], self.weight, None, 1, self.padding[0] // 2, 1, self.groups)
 
 
+def _depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
+    """Return the weight gradient of a stride-1, same-padded depthwise convolution.
+
+    oneDNN computes this gradient quickly only for undilated kernels at most 3 wide. A wider or
+    dilated kernel is therefore treated as its dense span (a k x k kernel of dilation d spans
+    d(k-1)+1 pixels), whose gradient is computed in blocks of 3 columns and then subsampled.
+    """
+    channels, width = x.shape[1], x.shape[-1]
+    if kernel_size <= 3 and dilation == 1:
+        template = x.new_empty(channels, 1, kernel_size, kernel_size)
+        pad = (kernel_size - 1) // 2
+        return torch.ops.aten.convolution_backward(grad, x, template, None, (1, 1), (pad, pad), (1, 1), False,
+                                                   (0, 0), channels, (False, True, False))[1]
+    span = dilation * (kernel_size - 1) + 1
+    pad = (span - 1) // 2
+    # Zero columns on both sides; rows are padded by the convolution itself.
+    padded = F.pad(x, (pad, pad, 0, 0))
+    template = x.new_empty(channels, 1, span, 3)
+    dense = x.new_zeros(channels, 1, span, span)
+    for start in sorted(set(range(0, span - 3, 3)) | {span - 3}):
+        window = padded[:, :, :, start:start + width + 2]
+        dense[:, :, :, start:start + 3] = torch.ops.aten.convolution_backward(
+            grad, window, template, None, (1, 1), (pad, 0), (1, 1), False, (0, 0), channels, (False, True, False))[1]
+    return dense[:, :, ::dilation, ::dilation]
+
+
+class _DepthwiseConvFunction(torch.autograd.Function):
+    """A stride-1, same-padded depthwise convolution with a backward built from fast CPU kernels.
+
+    The input gradient equals a forward convolution of the output gradient with the kernel
+    flipped in both directions (same padding and dilation), and oneDNN's forward kernels are
+    fast where its backward ones are not (dilated and 5x5 depthwise kernels on channels-last
+    tensors). The weight gradient comes from ``_depthwise_weight_grad``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation = padding, dilation
+        return F.conv2d(x, weight, None, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, ctx.padding, ctx.dilation, x.shape[1])
+        if ctx.needs_input_grad[1]:
+            grad_w = _depthwise_weight_grad(x, grad, weight.shape[-1], ctx.dilation)
+        return grad_x, grad_w, None, None
+
+
+class DepthwiseConv(nn.Conv2d):
+    """A depthwise convolution (``groups`` = channels) without bias.
+
+    On channels-last CPU tensors at stride 1, a 5x5 or dilated kernel trains through
+    ``_DepthwiseConvFunction``, which computes the same gradients several times faster than
+    PyTorch's own backward. The weights keep the shape and name of the ``nn.Conv2d`` it replaces.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> None:
+        super().__init__(channels, channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=channels, bias=False)
+        same = padding == dilation * (kernel_size - 1) // 2
+        self.fast_backward = stride == 1 and same and (kernel_size > 3 or dilation > 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.fast_backward and x.device.type == "cpu" and torch.is_grad_enabled()
+                and (x.requires_grad or self.weight.requires_grad) and x.dim() == 4
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+            return _DepthwiseConvFunction.apply(x, self.weight, self.padding[0], self.dilation[0])
+        return super().forward(x)
+
+
 class DilConv(nn.Module):
     """ReLU, dilated depthwise convolution, pointwise convolution, batch norm."""
 
@@ -172,12 +194,11 @@ class DilConv(nn.Module):
         if stride == 2 and dilation == 2 and padding % 2 == 0:
             depthwise: nn.Module = StridedDilatedConv(C_in, kernel_size, padding)
         else:
-            depthwise = nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                                  groups=C_in, bias=False)
+            depthwise = DepthwiseConv(C_in, kernel_size, stride=stride, padding=padding, dilation=dilation)
         layers += [
             depthwise,
             nn.Conv2d(C_in, C_out, 1, bias=False),
-            BatchNorm2d(C_out, affine=affine),
+            nn.BatchNorm2d(C_out, affine=affine),
         ]
         self.op = nn.Sequential(*layers)
 
@@ -203,13 +224,13 @@ class SepConv(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.ReLU(inplace=False)] if relu_first else []
         layers += [
-            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
+            DepthwiseConv(C_in, kernel_size, stride=stride, padding=padding),
             nn.Conv2d(C_in, C_in, 1, bias=False),
-            BatchNorm2d(C_in, affine=affine),
+            nn.BatchNorm2d(C_in, affine=affine),
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, padding=padding, groups=C_in, bias=False),
+            DepthwiseConv(C_in, kernel_size, padding=padding),
             nn.Conv2d(C_in, C_out, 1, bias=False),
-            BatchNorm2d(C_out, affine=affine),
+            nn.BatchNorm2d(C_out, affine=affine),
         ]
         self.op = nn.Sequential(*layers)
 
@@ -237,7 +258,7 @@ class FactorizedReduce(nn.Module):
         self.relu = nn.ReLU(inplace=False) if relu_first else nn.Identity()
         self.conv_1 = PointwiseConv(C_in, C_out // 2, stride=2)
         self.conv_2 = PointwiseConv(C_in, C_out // 2, stride=2)
-        self.bn = BatchNorm2d(C_out, affine=affine)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.features(x))
@@ -270,12 +291,12 @@ class GhostModule(nn.Module):
         init_channels = math.ceil(C_out / 2)
         self.primary_conv = nn.Sequential(
             PointwiseConv(C_in, init_channels, stride),
-            BatchNorm2d(init_channels, affine=affine),
+            nn.BatchNorm2d(init_channels, affine=affine),
             nn.ReLU(inplace=False),
         )
         self.cheap_operation = nn.Sequential(
             nn.Conv2d(init_channels, init_channels, 3, padding=1, groups=init_channels, bias=False),
-            BatchNorm2d(init_channels, affine=affine),
+            nn.BatchNorm2d(init_channels, affine=affine),
             nn.ReLU(inplace=False),
         )
 
@@ -312,7 +333,7 @@ class PoolBN(nn.Module):
             self.pool: nn.Module = nn.MaxPool2d(3, stride=stride, padding=1)
         else:
             self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
-        self.bn = BatchNorm2d(C, affine=False) if with_bn else nn.Identity()
+        self.bn = nn.BatchNorm2d(C, affine=False) if with_bn else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pool(x))

@@ -11,7 +11,7 @@ from NAS import genotypes
 from NAS.architect import Architect
 from NAS.genotypes import Auto_FERNet, Genotype, GenotypeError
 from NAS.model_search import EDGES, PRUNED, UNDECIDED, MixedOp, SearchNetwork, edge_sources
-from NAS.operations import PRIMITIVES, BatchNorm2d, StridedDilatedConv, build_op
+from NAS.operations import PRIMITIVES, StridedDilatedConv, build_op
 from NAS.sgas import (decide_edge, derive_genotype, edge_scores, histogram_intersection, normalize,
                       prune_full_nodes, total_epochs)
 
@@ -47,26 +47,6 @@ def test_strided_dilated_conv_matches_dilated_conv(kernel, padding, size):
     x = torch.randn(2, 4, size, size)
     reference = F.conv2d(x, conv.weight, None, stride=2, padding=padding, dilation=2, groups=4)
     assert torch.allclose(conv(x), reference, atol=1e-5)
-
-
-def test_channels_last_batch_norm_backward_matches_pytorch():
-    bn = BatchNorm2d(6)
-    x = torch.randn(4, 6, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
-    grad = torch.randn(4, 6, 9, 9)
-    out = bn(x)
-    gx, gw, gb = torch.autograd.grad(out, (x, bn.weight, bn.bias), grad)
-
-    x_ref = x.detach().clone().requires_grad_()
-    w_ref = bn.weight.detach().clone().requires_grad_()
-    b_ref = bn.bias.detach().clone().requires_grad_()
-    ref = F.batch_norm(x_ref, None, None, w_ref, b_ref, True)
-    rx, rw, rb = torch.autograd.grad(ref, (x_ref, w_ref, b_ref), grad)
-    assert torch.allclose(out, ref, atol=1e-5)
-    assert torch.allclose(gx, rx, atol=1e-5)
-    assert torch.allclose(gw, rw, atol=1e-4)
-    assert torch.allclose(gb, rb, atol=1e-4)
-    assert gx.is_contiguous(memory_format=torch.channels_last)
-    assert bn.num_batches_tracked.item() == 1
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -403,3 +383,36 @@ def test_random_genotypes_valid_and_varied():
 def test_random_spec_needs_seed(spec):
     with pytest.raises(GenotypeError, match="random:SEED"):
         genotypes.load(spec)
+
+
+@pytest.mark.parametrize("kernel_size,dilation", [(3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("size", [9, 12])
+def test_depthwise_fast_backward_matches_conv2d(kernel_size, dilation, size):
+    from NAS.operations import DepthwiseConv
+
+    torch.manual_seed(0)
+    padding = dilation * (kernel_size - 1) // 2
+    fast = DepthwiseConv(6, kernel_size, padding=padding, dilation=dilation)
+    reference = torch.nn.Conv2d(6, 6, kernel_size, padding=padding, dilation=dilation, groups=6, bias=False)
+    reference.weight.data.copy_(fast.weight.data)
+    x = torch.randn(3, 6, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(3, 6, size, size)
+    assert fast.fast_backward
+    y_fast, y_reference = fast(x), reference(x)
+    assert y_fast.grad_fn.name().endswith("_DepthwiseConvFunctionBackward")
+    torch.testing.assert_close(y_fast, y_reference)
+    fast_grads = torch.autograd.grad(y_fast, (x, fast.weight), grad)
+    reference_grads = torch.autograd.grad(y_reference, (x, reference.weight), grad)
+    torch.testing.assert_close(fast_grads[0], reference_grads[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_grads[1], reference_grads[1], rtol=1e-4, atol=1e-4)
+
+    fast.weight.requires_grad_(False)
+    (input_grad,) = torch.autograd.grad(fast(x), (x,), grad)
+    torch.testing.assert_close(input_grad, reference_grads[0], rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_strided_uses_conv2d():
+    from NAS.operations import DepthwiseConv
+
+    assert not DepthwiseConv(4, 5, stride=2, padding=2).fast_backward
+    assert not DepthwiseConv(4, 3, padding=1).fast_backward
