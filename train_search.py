@@ -199,6 +199,8 @@ def main(args: argparse.Namespace) -> Path:
         set_rng_state(checkpoint["rng"])
         start_epoch = int(checkpoint["epoch"])
         logger.info("resumed from %s after epoch %d", args.resume, start_epoch)
+        if start_epoch >= epochs:
+            logger.info("the run already finished all %d epochs: only its genotype is written again", epochs)
     metrics = MetricsCSV(run_dir / "metrics.csv", METRIC_FIELDS, keep_until=start_epoch)
     weights_log = run_dir / "arch_weights.jsonl"
     if checkpoint is not None and weights_log.exists():

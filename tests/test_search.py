@@ -99,6 +99,11 @@ def test_resumed_search_matches_uninterrupted(synthetic_h5, tmp_path, monkeypatc
     with (resumed / "metrics.csv").open() as file:
         assert [int(r["epoch"]) for r in csv.DictReader(file)] == list(range(8))
 
+    # Resuming the finished run trains nothing more and says so.
+    train_search.main(resume_args)
+    assert load_checkpoint(resumed / "last.pt")["epoch"] == 8
+    assert "already finished all 8 epochs" in (resumed / "log.txt").read_text()
+
 
 def test_search_split_never_touches_test_splits(synthetic_h5):
     data = load_fer2013(synthetic_h5)
