@@ -673,3 +673,49 @@ def test_compare_seeds_script_needs_a_separator(tmp_path):
     result = run_tool("tools/compare_seeds.py", "--seeds", "1", "--out", str(tmp_path / "x"), "python", "t.py")
     assert result.returncode == 2
     assert "after '--'" in result.stderr
+
+
+def write_folds_run(run: Path, seed: int, plain: float, tencrop: float | None = None, complete: bool = True) -> Path:
+    run.mkdir(parents=True)
+    (run / "args.json").write_text(json.dumps({"seed": seed}))
+    summary = {"accuracy": {"mean": plain, "std": 5.0}, "complete": complete, "folds_run": [0, 1]}
+    if tencrop is not None:
+        summary["accuracy_tencrop"] = {"mean": tencrop, "std": 4.0}
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_compare_seeds_collect_fold_summaries(tmp_path, capsys):
+    runs = [write_folds_run(tmp_path / "a", 1, 80.0, 82.0), write_folds_run(tmp_path / "b", 2, 84.0, 83.0)]
+    out = tmp_path / "folds.csv"
+    assert compare_seeds.main(["collect", *map(str, runs), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert float(rows[2]["folds_plain"]) == pytest.approx(82.0)
+    assert float(rows[3]["folds_plain"]) == pytest.approx(math.sqrt(8.0))
+    assert float(rows[2]["folds_tencrop"]) == pytest.approx(82.5)
+    assert "PrivateTest_plain" not in rows[0]
+    assert "folds plain: 82.00 \u00b1 2.83 % (n = 2)" in capsys.readouterr().out
+
+
+def test_compare_seeds_fold_summary_errors(tmp_path, caplog):
+    zero_shot = tmp_path / "zero"
+    zero_shot.mkdir()
+    (zero_shot / "summary.json").write_text(json.dumps({"plain": {"accuracy": 40.0}}))
+    with pytest.raises(compare_seeds.ResultsError, match="no accuracy over folds"):
+        compare_seeds.read_run(zero_shot)
+    partial = write_folds_run(tmp_path / "partial", 1, 70.0, complete=False)
+    assert compare_seeds.read_run(partial).accuracies == {"folds_plain": 70.0}
+    assert "not every fold has finished" in caplog.text
+
+
+def test_compare_seeds_fills_seed_placeholder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAINING + "(run / 'checkpoint.txt').write_text(args.checkpoint)\n")
+    script.write_text(script.read_text().replace(
+        'parser.add_argument("--save")', 'parser.add_argument("--save")\nparser.add_argument("--checkpoint")'))
+    status = compare_seeds.main(["--seeds", "3", "5", "--out", "runs/ft", "--", sys.executable, str(script),
+                                 "--epochs", "2", "--checkpoint", "runs/cmp-seed{seed}/best.pt"])
+    assert status == 0
+    assert Path("runs/ft-seed3/checkpoint.txt").read_text() == "runs/cmp-seed3/best.pt"
+    assert Path("runs/ft-seed5/checkpoint.txt").read_text() == "runs/cmp-seed5/best.pt"

@@ -11,7 +11,14 @@ Collect mode reads runs that exist already::
 
 From each run's ``results.json`` it takes the accuracy of the validation-selected checkpoint
 (``best``, or the entry named by ``--tag``) on PrivateTest (test) and PublicTest (validation),
-plain and, when the run evaluated it, tencrop. The CSV file has one row per run, then a ``mean``
+plain and, when the run evaluated it, tencrop. A cross-validated fine-tuning run (CK+48, JAFFE)
+has a ``summary.json`` instead, and gives its mean accuracy over folds (``folds``).
+
+The text ``{seed}`` anywhere in the command is replaced by the seed, so each seed can start
+from its own checkpoint::
+
+    python tools/compare_seeds.py --seeds 1 2 3 --out runs/jaffe -- \
+        python train_JAFFE.py --checkpoint runs/cmp-seed{seed}/best.pt --epochs 15 The CSV file has one row per run, then a ``mean``
 and a ``std`` row. The standard deviation is the sample one (n - 1 in the denominator), so it
 is empty for a single run.
 
@@ -47,7 +54,9 @@ from typing import Any, Sequence
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
-SPLITS = ("PrivateTest", "PublicTest")
+FOLDS_FILE = "summary.json"
+SPLITS = ("PrivateTest", "PublicTest", "folds")
+SEED_PLACEHOLDER = "{seed}"
 VIEWS = ("plain", "tencrop")
 APPENDED_OPTIONS = ("--seed", "--save")
 
@@ -106,10 +115,29 @@ def _read_seed(run: Path) -> int | None:
     return None if seed is None else int(seed)
 
 
+def read_folds(run: Path) -> RunResult:
+    """Read the mean accuracy over folds from the ``summary.json`` of a cross-validated run."""
+    path = run / FOLDS_FILE
+    report = _load_json(path)
+    accuracies: dict[str, float] = {}
+    for view, key in (("plain", "accuracy"), ("tencrop", "accuracy_tencrop")):
+        entry = report.get(key) if isinstance(report, dict) else None
+        if isinstance(entry, dict) and "mean" in entry:
+            accuracies[f"folds_{view}"] = float(entry["mean"])
+    if not accuracies:
+        raise ResultsError(f"{path} has no accuracy over folds: a zero-shot run has none, so leave it out")
+    if not report.get("complete", True):
+        logger.warning("%s: not every fold has finished; the mean covers folds %s", path, report.get("folds_run"))
+    return RunResult(run, _read_seed(run), None, accuracies)
+
+
 def read_run(run: str | Path, tag: str = "best") -> RunResult:
-    """Read the accuracies of the ``tag`` checkpoint from ``run/results.json``, and the seed from ``args.json``."""
+    """Read the accuracies of the ``tag`` checkpoint from ``run/results.json`` (or the mean over
+    folds from ``run/summary.json``), and the seed from ``args.json``."""
     run = Path(run)
     path = run / RESULTS_FILE
+    if not path.is_file() and (run / FOLDS_FILE).is_file():
+        return read_folds(run)
     if not path.is_file():
         raise ResultsError(f"{path} not found: the run has not finished, or {run} is not a run directory")
     report = _load_json(path)
@@ -244,11 +272,12 @@ def run_seeds(command: Sequence[str], seeds: Sequence[int], prefix: str, *, keep
     failed: list[int] = []
     for seed in seeds:
         save = save_name(prefix, seed)
-        if skip_existing and ("/" in save or os.sep in save) and (Path(save) / RESULTS_FILE).is_file():
-            print(f"seed {seed}: {Path(save) / RESULTS_FILE} exists; not run again", flush=True)
+        finished = [Path(save) / name for name in (RESULTS_FILE, FOLDS_FILE) if (Path(save) / name).is_file()]
+        if skip_existing and ("/" in save or os.sep in save) and finished:
+            print(f"seed {seed}: {finished[0]} exists; not run again", flush=True)
             runs.append(Path(save))
             continue
-        full = [*command, "--seed", str(seed), "--save", save]
+        full = [word.replace(SEED_PLACEHOLDER, str(seed)) for word in command] + ["--seed", str(seed), "--save", save]
         print(f"seed {seed}: {shlex.join(full)}", flush=True)
         started = time.time()
         status = subprocess.run(full, check=False).returncode
@@ -273,8 +302,9 @@ def build_run_parser() -> argparse.ArgumentParser:
         prog="python tools/compare_seeds.py",
         usage="%(prog)s --seeds S [S ...] --out PREFIX [options] -- COMMAND...\n"
               "       %(prog)s collect RUN_DIR... [--out CSV] [--tag TAG]",
-        description="Run a training command once per seed with --seed S --save PREFIX-seedS appended, then "
-                    "report the mean and standard deviation of the test and validation accuracy.")
+        description="Run a training command once per seed with --seed S --save PREFIX-seedS appended and {seed} "
+                    "replaced by S, then report the mean and standard deviation of the test and validation "
+                    "accuracy, or of the mean accuracy over folds.")
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds to run")
     parser.add_argument("--out", required=True, metavar="PREFIX",
                         help="run name prefix: run S is saved as PREFIX-seedS, and the table goes to PREFIX.csv")
@@ -283,7 +313,8 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep_going", action="store_true",
                         help="run the remaining seeds after a command fails (default: stop)")
     parser.add_argument("--skip_existing", action="store_true",
-                        help="do not rerun a seed whose PREFIX-seedS/results.json exists (PREFIX with a slash)")
+                        help="do not rerun a seed whose PREFIX-seedS/results.json or summary.json exists "
+                             "(PREFIX with a slash)")
     return parser
 
 
@@ -292,7 +323,8 @@ def build_collect_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python tools/compare_seeds.py collect",
         description="Report the mean and standard deviation of the test and validation accuracy of finished runs.")
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories with results.json")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="run directories with results.json, or summary.json for cross-validated runs")
     parser.add_argument("--out", type=Path, default=Path("seeds.csv"), help="table file (default: seeds.csv)")
     parser.add_argument("--tag", default="best", help="results.json entry to read (default: best)")
     return parser
