@@ -293,6 +293,16 @@ def test_plot_curves_draws_search_and_retrain_runs(tmp_path):
     assert len(data) > 30_000
 
 
+def test_plot_curves_many_runs_legend_outside(tmp_path):
+    runs = [plot_curves.read_metrics(write_retrain_run(tmp_path / f"r{i}", [40.0, 41.0], [39.0, 40.0]))
+            for i in range(3)]
+    narrow = plot_curves.plot_curves(runs[:1], tmp_path / "one.png")
+    wide = plot_curves.plot_curves(runs, tmp_path / "three.png")
+    # A PNG header holds the width as a 4-byte big-endian integer at offset 16.
+    width = lambda path: int.from_bytes(path.read_bytes()[16:20], "big")
+    assert width(wide) > width(narrow)
+
+
 def test_plot_curves_names_runs_apart():
     assert plot_curves.unique_names(["/x/a/run", "/x/b/run"]) == ["a/run", "b/run"]
     assert plot_curves.unique_names(["/x/a", "/x/b"]) == ["a", "b"]

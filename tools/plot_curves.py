@@ -174,12 +174,17 @@ def panel_columns(runs: Sequence[RunMetrics]) -> dict[str, list[str]]:
     }
 
 
+LEGEND_INSIDE_MAX = 6
+
+
 def plot_curves(runs: Sequence[RunMetrics], out: str | Path, title: str | None = None) -> Path:
     """Draw the accuracy, loss and learning-rate panels of ``runs`` on shared epoch axes and save to ``out``."""
     if not runs:
         raise ValueError("plot_curves needs at least one run")
     panels = panel_columns(runs)
-    figure = Figure(figsize=(9, 10), layout="constrained")
+    # Beyond a few lines a legend inside the panel hides the curves, so it goes to the right.
+    legend_outside = len(runs) * max(len(columns) for columns in panels.values()) > LEGEND_INSIDE_MAX
+    figure = Figure(figsize=(13 if legend_outside else 9, 10), layout="constrained")
     FigureCanvasAgg(figure)
     axes_list = figure.subplots(len(panels), 1, sharex=True)
     colours = [f"C{i % 10}" for i in range(len(runs))]
@@ -202,7 +207,9 @@ def plot_curves(runs: Sequence[RunMetrics], out: str | Path, title: str | None =
                           label=label)
                 drawn += 1
 
-        if drawn:
+        if drawn and legend_outside:
+            axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        elif drawn:
             axes.legend(fontsize=8, loc="best")
         else:
             axes.text(0.5, 0.5, f"no {ylabel.split(' (')[0]} column in these files", transform=axes.transAxes,
