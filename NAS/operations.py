@@ -117,14 +117,10 @@ def _depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size: int
     d(k-1)+1 pixels), whose gradient is computed in blocks of 3 columns and then subsampled.
     """
     channels, width = x.shape[1], x.shape[-1]
-    if kernel_size <= 3 and dilation == 1:
-        template = x.new_empty(channels, 1, kernel_size, kernel_size)
-        pad = (kernel_size - 1) // 2
-        return torch.ops.aten.convolution_backward(grad, x, template, None, (1, 1), (pad, pad), (1, 1), False,
-                                                   (0, 0), channels, (False, True, False))[1]
     span = dilation * (kernel_size - 1) + 1
     pad = (span - 1) // 2
-    # Zero columns on both sides; rows are padded by the convolution itself.
+    # Columns are zero-padded here because each block reads a shifted window. Rows are padded by
+    # the convolution itself.
     padded = F.pad(x, (pad, pad, 0, 0))
     template = x.new_empty(channels, 1, span, 3)
     dense = x.new_zeros(channels, 1, span, span)
@@ -139,9 +135,9 @@ class _DepthwiseConvFunction(torch.autograd.Function):
     """A stride-1, same-padded depthwise convolution with a backward built from fast CPU kernels.
 
     The input gradient equals a forward convolution of the output gradient with the kernel
-    flipped in both directions (same padding and dilation), and oneDNN's forward kernels are
-    fast where its backward ones are not (dilated and 5x5 depthwise kernels on channels-last
-    tensors). The weight gradient comes from ``_depthwise_weight_grad``.
+    flipped in both directions, with the same padding and dilation. oneDNN's forward kernels are
+    fast where its backward ones are slow: dilated and 5x5 depthwise kernels on channels-last
+    tensors. The weight gradient comes from ``_depthwise_weight_grad``.
     """
 
     @staticmethod

@@ -99,7 +99,7 @@ def test_resumed_search_matches_uninterrupted(synthetic_h5, tmp_path, monkeypatc
     with (resumed / "metrics.csv").open() as file:
         assert [int(r["epoch"]) for r in csv.DictReader(file)] == list(range(8))
 
-    # Resuming the finished run trains nothing more and says so.
+    # Resuming the finished run trains no further epoch and logs why.
     train_search.main(resume_args)
     assert load_checkpoint(resumed / "last.pt")["epoch"] == 8
     assert "already finished all 8 epochs" in (resumed / "log.txt").read_text()

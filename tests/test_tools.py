@@ -298,7 +298,7 @@ def test_plot_curves_many_runs_legend_outside(tmp_path):
             for i in range(3)]
     narrow = plot_curves.plot_curves(runs[:1], tmp_path / "one.png")
     wide = plot_curves.plot_curves(runs, tmp_path / "three.png")
-    # A PNG header holds the width as a 4-byte big-endian integer at offset 16.
+    # A PNG header stores the width as a 4-byte big-endian integer at offset 16.
     width = lambda path: int.from_bytes(path.read_bytes()[16:20], "big")
     assert width(wide) > width(narrow)
 
