@@ -59,6 +59,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "(default: 1, all; 4 is faster, a different algorithm)")
     group.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
                        help="channels-last memory format (default: on; 1.7x faster on the CPU)")
+    group.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the middle of each separable convolution again in backward instead of "
+                            "keeping its maps: about a fifth less memory, 8%% more time, the same results "
+                            "(default: on)")
     group.add_argument("--amp", default="off", choices=AMP_CHOICES, help="autocast precision (default: off)")
 
     group = parser.add_argument_group("network weights")
@@ -122,7 +126,7 @@ def distance_from_uniform(weights: torch.Tensor, decisions: list[int]) -> dict[s
 
 
 # Options that a resumed run may change on the command line; every other option comes from the checkpoint.
-RUNTIME_OPTIONS = {"resume", "device", "progress", "report_freq", "threads", "data"}
+RUNTIME_OPTIONS = {"resume", "device", "progress", "report_freq", "threads", "data", "recompute"}
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -166,7 +170,7 @@ def main(args: argparse.Namespace) -> Path:
 
     # Supernet, optimizers and the architect.
     model = SearchNetwork(args.init_channels, len(CLASSES), args.layers,
-                          partial_channels=args.partial_channels).to(device)
+                          partial_channels=args.partial_channels, recompute=args.recompute).to(device)
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.weight_parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

@@ -173,11 +173,15 @@ class DepthwiseConv(nn.Conv2d):
         self.fast_backward = stride == 1 and same and (kernel_size > 3 or dilation > 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convolve(x, self.weight)
+
+    def convolve(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Return the convolution of ``x`` with ``weight`` in place of the module's own weight."""
         if (self.fast_backward and x.device.type == "cpu" and torch.is_grad_enabled()
-                and (x.requires_grad or self.weight.requires_grad) and x.dim() == 4
+                and (x.requires_grad or weight.requires_grad) and x.dim() == 4
                 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
-            return _DepthwiseConvFunction.apply(x, self.weight, self.padding[0], self.dilation[0])
-        return super().forward(x)
+            return _DepthwiseConvFunction.apply(x, weight, self.padding[0], self.dilation[0])
+        return self._conv_forward(x, weight, None)
 
 
 class DilConv(nn.Module):
@@ -213,10 +217,15 @@ class DilConv(nn.Module):
 
 
 class SepConv(nn.Module):
-    """Two stacked ReLU, depthwise, pointwise, batch-norm blocks; the first carries the stride."""
+    """Two stacked ReLU, depthwise, pointwise, batch-norm blocks; the first carries the stride.
+
+    With ``recompute=True`` the middle of the operation (batch norm, ReLU, depthwise and
+    pointwise convolution) keeps only its input for backward and runs again there. The
+    supernet uses this to keep two fewer maps per separable convolution.
+    """
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
-                 affine: bool = True, relu_first: bool = True) -> None:
+                 affine: bool = True, relu_first: bool = True, recompute: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.ReLU(inplace=False)] if relu_first else []
         layers += [
@@ -229,9 +238,10 @@ class SepConv(nn.Module):
             nn.BatchNorm2d(C_out, affine=affine),
         ]
         self.op = nn.Sequential(*layers)
+        self.recompute = recompute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+        return self.final_bn(self.features(x))
 
     @property
     def final_bn(self) -> nn.BatchNorm2d:
@@ -239,9 +249,63 @@ class SepConv(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the output before the final batch norm."""
-        for layer in self.op[:-1]:
+        if not (self.recompute and torch.is_grad_enabled()):
+            for layer in self.op[:-1]:
+                x = layer(x)
+            return x
+        middle = len(self.op) - 5  # the first batch norm
+        for layer in self.op[:middle]:
             x = layer(x)
-        return x
+        bn, _, depthwise, pointwise = self.op[middle:-1]
+        params = [depthwise.weight, pointwise.weight]
+        if bn.affine:
+            params += [bn.weight, bn.bias]
+        return _RecomputedMiddle.apply(self, x, *params)
+
+    def middle(self, x: torch.Tensor, params: list[torch.Tensor], update_statistics: bool) -> torch.Tensor:
+        """Batch norm, ReLU, depthwise and pointwise convolution of the second block, with
+        ``params`` for their weights. Without ``update_statistics`` a training-mode batch norm
+        normalises with the batch statistics and leaves its running statistics alone."""
+        bn, _, depthwise, pointwise = self.op[len(self.op) - 5:-1]
+        weight, bias = (params[2], params[3]) if bn.affine else (None, None)
+        if update_statistics or not bn.training:
+            x = batch_norm(x, bn, weight, bias)
+        else:
+            x = F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
+        x = depthwise.convolve(F.relu(x), params[0])
+        return F.conv2d(x, params[1])
+
+
+class _RecomputedMiddle(torch.autograd.Function):
+    """``SepConv.middle`` that keeps only its input for backward, where it runs again.
+
+    Its normalised, rectified and depthwise-convolved maps are not kept, which saves two maps
+    per separable convolution for the price of running the four layers twice. The running
+    statistics move once, in the first run.
+    """
+
+    @staticmethod
+    def forward(ctx, op: "SepConv", x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.op = op
+        ctx.save_for_backward(x, *params)
+        with torch.no_grad():
+            return op.middle(x, list(params), update_statistics=True)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, *params = ctx.saved_tensors
+        needs = ctx.needs_input_grad[1:]
+        # Grad mode is on here only for a double backward (``create_graph=True``). The run then
+        # starts from the saved tensors themselves, so its gradients stay differentiable.
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            inputs = [x, *params]
+            if not create_graph:
+                inputs = [t.detach().requires_grad_(need) for t, need in zip(inputs, needs)]
+            out = ctx.op.middle(inputs[0], inputs[1:], update_statistics=False)
+            needed = [t for t, need in zip(inputs, needs) if need]
+            grads = iter(torch.autograd.grad(out, needed, grad, create_graph=create_graph) if needed else ())
+        return (None, *[next(grads) if need else None for need in needs])
 
 
 class FactorizedReduce(nn.Module):
@@ -300,6 +364,16 @@ class GhostModule(nn.Module):
         primary = self.primary_conv(x)
         cheap = self.cheap_operation(primary)
         return torch.cat([primary, cheap], dim=1)[:, : self.C_out]
+
+    def scaled(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Return ``scale * self(x)``, scaling both halves before they are concatenated.
+
+        The halves are ReLU outputs, which backward keeps anyway. Scaling them keeps nothing more,
+        where scaling the concatenation would keep a copy of both.
+        """
+        primary = self.primary_conv(x)
+        cheap = self.cheap_operation(primary)
+        return torch.cat([primary * scale, cheap * scale], dim=1)[:, : self.C_out]
 
 
 class Identity(nn.Module):
@@ -398,6 +472,8 @@ def scaled_forward(op: nn.Module, x: torch.Tensor, scale: torch.Tensor) -> torch
     When ``op`` ends in a non-affine batch norm, ``scale`` becomes that batch norm's weight,
     which gives the same result without a separate multiplication pass over the output.
     """
+    if isinstance(op, GhostModule):
+        return op.scaled(x, scale)
     bn = getattr(op, "final_bn", None)
     if bn is None or bn.affine or not bn.track_running_stats or bn.momentum is None:
         return op(x) * scale

@@ -7,6 +7,7 @@ batch; images per second counts the training batch only.
     python bench/search_step.py                       # the original configuration, first and second order
     python bench/search_step.py --batch_size 24 --init_channels 16 --layers 8 --steps 3
     python bench/search_step.py --modes first --partial_channels 4
+    python bench/search_step.py --modes first --no-recompute     # more memory, less time
 
 On a glibc system, setting MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_ to a large value
 keeps large freed tensors in the process instead of returning them to the system; the first
@@ -37,7 +38,8 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device(args.device)
-    model = SearchNetwork(args.init_channels, 7, args.layers, partial_channels=args.partial_channels).to(device)
+    model = SearchNetwork(args.init_channels, 7, args.layers, partial_channels=args.partial_channels,
+                          recompute=args.recompute).to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
@@ -73,7 +75,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     result = {
         "mode": mode, "device": str(device), "batch_size": args.batch_size, "init_channels": args.init_channels,
         "layers": args.layers, "input_size": size, "channels_last": args.channels_last,
-        "partial_channels": args.partial_channels, "threads": torch.get_num_threads(),
+        "partial_channels": args.partial_channels, "recompute": args.recompute, "threads": torch.get_num_threads(),
         "seconds_per_step": round(seconds, 3), "images_per_second": round(args.batch_size / seconds, 2),
         "peak_rss_gb": round(peak_kb / 2**20, 2),
     }
@@ -92,6 +94,8 @@ def main() -> None:
     parser.add_argument("--partial_channels", type=int, default=1,
                         help="partial-channel factor K (1 = all channels, 4 = PC-DARTS default)")
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=True,
+                        help="recompute the middle of each separable convolution in backward")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")

@@ -1,6 +1,7 @@
 """Tests of the search space: operations, supernet, architect, SGAS decisions, genotypes."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -10,8 +11,8 @@ import torch.nn.functional as F
 from NAS import genotypes
 from NAS.architect import Architect
 from NAS.genotypes import Auto_FERNet, Genotype, GenotypeError
-from NAS.model_search import EDGES, PRUNED, UNDECIDED, MixedOp, SearchNetwork, edge_sources
-from NAS.operations import PRIMITIVES, StridedDilatedConv, build_op
+from NAS.model_search import EDGES, PRUNED, UNDECIDED, MixedOp, SearchNetwork, edge_sources, weighted_sum
+from NAS.operations import PRIMITIVES, SepConv, StridedDilatedConv, build_op
 from NAS.sgas import (decide_edge, derive_genotype, edge_scores, histogram_intersection, normalize,
                       prune_full_nodes, total_epochs)
 
@@ -127,10 +128,124 @@ def test_decided_edge_runs_only_its_operation():
     model(torch.randn(2, 1, 20, 20))
     assert decided_calls == {sep5 - 1}
     assert pruned_calls == set()
-    assert sorted(open_calls) == list(range(len(PRIMITIVES) - 1))
+    # An open edge runs every operation but skip_connect, whose output is the state itself.
+    skip = PRIMITIVES.index("skip_connect") - 1
+    assert sorted(open_calls) == [i for i in range(len(PRIMITIVES) - 1) if i != skip]
     assert not model.alphas_normal[0].requires_grad
     assert not model.alphas_normal[1].requires_grad
     assert model.alphas_normal[2].requires_grad
+
+
+def _run_supernet(model: SearchNetwork, x: torch.Tensor, y: torch.Tensor, share: bool):
+    """Train-mode forward and backward with the cells' sharing of pooling maps on or off."""
+    for cell in model.cells:
+        cell.share_pooling = share
+    model.zero_grad()
+    out = model(x)
+    F.cross_entropy(out, y).backward()
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    return out.detach(), grads, [b.clone() for b in model.buffers()]
+
+
+def test_shared_pooling_maps_match_per_edge_operations():
+    torch.manual_seed(0)
+    model = SearchNetwork(C=4, layers=3).double()
+    normal = [UNDECIDED] * EDGES
+    normal[0] = PRIMITIVES.index("max_pool_3x3")  # decided edges keep their own operation
+    normal[3] = PRUNED
+    model.set_decisions({"normal": normal, "reduce": [UNDECIDED] * EDGES})
+    x = torch.randn(3, 1, 16, 16, dtype=torch.double)
+    y = torch.randint(0, 7, (3,))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    out, grads, buffers = _run_supernet(model, x, y, share=True)
+    model.load_state_dict(start)
+    ref_out, ref_grads, ref_buffers = _run_supernet(model, x, y, share=False)
+    assert torch.allclose(out, ref_out, atol=1e-12)
+    for grad, ref in zip(grads, ref_grads):
+        assert (grad is None) == (ref is None)
+        if grad is not None:
+            assert torch.allclose(grad, ref, atol=1e-12)
+    for buffer, ref in zip(buffers, ref_buffers):
+        assert torch.allclose(buffer, ref, atol=1e-12)  # every pooling batch norm keeps its statistics
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(_run_eval(model, x, share=True), _run_eval(model, x, share=False), atol=1e-12)
+
+
+def _run_eval(model: SearchNetwork, x: torch.Tensor, share: bool) -> torch.Tensor:
+    for cell in model.cells:
+        cell.share_pooling = share
+    return model(x)
+
+
+def test_pooling_runs_once_per_state_and_stride():
+    model = SearchNetwork(C=4, layers=3)
+    counts = {"normal": 0, "reduce": 0}
+    for cell in model.cells:
+        kind = "reduce" if cell.reduction else "normal"
+        for mixed in cell.edges:
+            mixed.ops[0].register_forward_hook(lambda *args, kind=kind: counts.__setitem__(kind, counts[kind] + 1))
+    model(torch.randn(2, 1, 16, 16))
+    normal_cells = sum(not cell.reduction for cell in model.cells)
+    # 14 edges read 5 states; a reduction cell reads states 0 and 1 at stride 2 only.
+    assert counts == {"normal": 5 * normal_cells, "reduce": 5 * (len(model.cells) - normal_cells)}
+
+
+def test_weighted_sum_gradients():
+    torch.manual_seed(0)
+    maps = [torch.randn(2, 3, 4, 5, dtype=torch.double).contiguous(memory_format=torch.channels_last)
+            .requires_grad_() for _ in range(3)]
+    maps[2] = torch.randn(2, 3, 4, 5, dtype=torch.double, requires_grad=True)  # another layout
+    coefficients = torch.rand(3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c, *m: weighted_sum(c, m), (coefficients, *maps))
+    with pytest.raises(ValueError, match="coefficients"):
+        weighted_sum(coefficients[:2], maps)
+
+
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (5, 1), (3, 2)])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_sep_conv_recompute_matches_plain(kernel, stride, affine, memory_format):
+    torch.manual_seed(0)
+    plain = SepConv(4, 4, kernel, stride, kernel // 2, affine=affine).to(memory_format=memory_format)
+    recomputed = copy.deepcopy(plain)
+    recomputed.recompute = True
+    start = torch.randn(3, 4, 9, 9).contiguous(memory_format=memory_format)
+    results = []
+    for op in (plain, recomputed):
+        x = start.clone().requires_grad_()
+        out = op(x)
+        out.backward(torch.ones_like(out) + out.detach())
+        grads = [x.grad] + [p.grad for p in op.parameters()]
+        results.append((out.detach(), grads, [b.clone() for b in op.buffers()]))
+    (out, grads, buffers), (ref_out, ref_grads, ref_buffers) = results[1], results[0]
+    assert torch.allclose(out, ref_out, atol=1e-5)
+    for grad, ref in zip(grads, ref_grads):
+        assert torch.allclose(grad, ref, atol=1e-4)
+    for buffer, ref in zip(buffers, ref_buffers):
+        assert torch.allclose(buffer.float(), ref.float(), atol=1e-6)  # statistics move once per step
+
+
+def _saved_bytes(op: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages that autograd keeps for the backward of ``op(x)``."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        op(x)
+    return sum(storages.values())
+
+
+def test_sep_conv_recompute_keeps_two_fewer_maps():
+    plain = SepConv(8, 8, 3, 1, 1, affine=False)
+    recomputed = copy.deepcopy(plain)
+    recomputed.recompute = True
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    one_map = x.numel() * x.element_size()
+    assert _saved_bytes(recomputed, x) <= _saved_bytes(plain, x) - 2 * one_map
 
 
 def test_set_decisions_rejects_invalid_values():
