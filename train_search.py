@@ -61,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="channels-last memory format (default: on; 1.7x faster on the CPU)")
     group.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=True,
                        help="run the middle of each separable convolution again in backward instead of "
-                            "keeping its maps: about a fifth less memory, 8%% more time, the same results "
+                            "keeping its maps: about a sixth less memory, 4-8%% more time, the same results "
                             "(default: on)")
     group.add_argument("--amp", default="off", choices=AMP_CHOICES, help="autocast precision (default: off)")
 

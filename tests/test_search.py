@@ -140,3 +140,13 @@ def test_search_on_real_fer2013_subset(tmp_path):
     genotypes.validate(result["genotype"])
     log = (run_dir / "log.txt").read_text()
     assert "28709 images" in log or "56 Training images" in log
+
+
+def test_recompute_leaves_the_search_unchanged(synthetic_h5, tmp_path):
+    runs = {flag: run_search(synthetic_h5, tmp_path / flag, "--subset", "42", flag)
+            for flag in ("--recompute", "--no-recompute")}
+    assert json.loads((runs["--no-recompute"] / "args.json").read_text())["recompute"] is False
+    states = {flag: load_checkpoint(run / "last.pt", kind="search") for flag, run in runs.items()}
+    assert states["--recompute"]["decisions"] == states["--no-recompute"]["decisions"]
+    for key, value in states["--recompute"]["model"].items():
+        assert torch.allclose(value.float(), states["--no-recompute"]["model"][key].float(), atol=1e-4), key
