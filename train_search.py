@@ -26,7 +26,7 @@ from NAS.architect import PENALTIES, Architect
 from NAS.model_search import CELL_TYPES, UNDECIDED, SearchNetwork
 from NAS.operations import PRIMITIVES
 from NAS.sgas import decide_edge, derive_genotype, edge_scores, is_decision_epoch, operation_distribution, total_epochs
-from tools.checkpoint import atomic_save, load_checkpoint, resolve_resume
+from tools.checkpoint import atomic_save, load_checkpoint, resolve_resume, resume_hint
 from tools.cli import add_bool_flag, add_runtime_args, restore_args
 from tools.engine import evaluate, search_one_epoch
 from tools.experiment import MetricsCSV, make_run_dir, save_args, setup_logging, write_json
@@ -202,7 +202,8 @@ def main(args: argparse.Namespace) -> Path:
         weight_batches.batch_size = arch_batches.batch_size = checkpoint["batch_size"]
         set_rng_state(checkpoint["rng"])
         start_epoch = int(checkpoint["epoch"])
-        logger.info("resumed from %s after epoch %d", args.resume, start_epoch)
+        logger.info("resumed from %s: %d epochs done, continuing with epoch %d", args.resume, start_epoch,
+                    start_epoch)
         if start_epoch >= epochs:
             logger.info("the run already finished all %d epochs: only its genotype is written again", epochs)
     metrics = MetricsCSV(run_dir / "metrics.csv", METRIC_FIELDS, keep_until=start_epoch)
@@ -214,72 +215,73 @@ def main(args: argparse.Namespace) -> Path:
         weights_log.write_text("")
 
     # The search: train, score and decide edges, grow the batch, save.
-    for epoch in range(start_epoch, epochs):
-        lr = scheduler.get_last_lr()[0]
-        logger.info("epoch %d/%d: lr %.5f, batch size %d", epoch, epochs - 1, lr, weight_batches.batch_size)
-        result = search_one_epoch(model, architect, weight_batches, arch_batches, optimizer, lr, args.grad_clip,
-                                  epoch=epoch, autocast=autocast, report_freq=args.report_freq,
-                                  progress=args.progress, total=min(len(weight_batches), len(arch_batches)))
-        scheduler.step()
+    with resume_hint(run_dir, "train_search.py"):
+        for epoch in range(start_epoch, epochs):
+            lr = scheduler.get_last_lr()[0]
+            logger.info("epoch %d/%d: lr %.5f, batch size %d", epoch, epochs - 1, lr, weight_batches.batch_size)
+            result = search_one_epoch(model, architect, weight_batches, arch_batches, optimizer, lr, args.grad_clip,
+                                      epoch=epoch, autocast=autocast, report_freq=args.report_freq,
+                                      progress=args.progress, total=min(len(weight_batches), len(arch_batches)))
+            scheduler.step()
 
-        new_decisions_made = []
-        record = {"epoch": epoch, "weights": {}, "scores": {}, "decisions": {}, "distance_from_uniform": {}}
-        for cell_type in CELL_TYPES:
-            with torch.no_grad():
-                weights = model.arch_weights(cell_type).float().cpu()
-            decisions = model.decisions[cell_type]
-            score = edge_scores(weights, history[cell_type] if args.use_history else None)
-            record["weights"][cell_type] = weights.tolist()
-            record["scores"][cell_type] = score.tolist()
-            record["distance_from_uniform"][cell_type] = distance_from_uniform(weights, decisions)
-            _, distribution = operation_distribution(weights)
-            history[cell_type] = (history[cell_type] + [distribution])[-args.history_size:]
-            if is_decision_epoch(epoch, args.warmup_dec_epoch, args.decision_freq) and UNDECIDED in decisions:
-                decision, new_decisions = decide_edge(cell_type, weights, decisions, score, epoch)
-                model.set_decisions({**model.decisions, cell_type: new_decisions})
-                new_decisions_made.append(decision)
-                entry = {**decision.__dict__, **{f"{k}_before": v for k, v in
-                                                  record["distance_from_uniform"][cell_type].items()}}
-                decision_log.append(entry)
-                logger.info("decision: %s (undecided edges before it: max softmax weight %.4f, mean L1 "
-                            "distance from uniform %.4f)", decision.describe(), entry["max_weight_before"],
-                            entry["mean_l1_from_uniform_before"])
-            record["decisions"][cell_type] = list(model.decisions[cell_type])
-        genotype = derive_genotype({t: torch.tensor(record["weights"][t]) for t in CELL_TYPES}, model.decisions)
-        record["genotype"] = genotype_io.to_dict(genotype)
-        with weights_log.open("a") as file:
-            file.write(json.dumps(record) + "\n")
-        logger.info("genotype after epoch %d: %s", epoch, genotype)
+            new_decisions_made = []
+            record = {"epoch": epoch, "weights": {}, "scores": {}, "decisions": {}, "distance_from_uniform": {}}
+            for cell_type in CELL_TYPES:
+                with torch.no_grad():
+                    weights = model.arch_weights(cell_type).float().cpu()
+                decisions = model.decisions[cell_type]
+                score = edge_scores(weights, history[cell_type] if args.use_history else None)
+                record["weights"][cell_type] = weights.tolist()
+                record["scores"][cell_type] = score.tolist()
+                record["distance_from_uniform"][cell_type] = distance_from_uniform(weights, decisions)
+                _, distribution = operation_distribution(weights)
+                history[cell_type] = (history[cell_type] + [distribution])[-args.history_size:]
+                if is_decision_epoch(epoch, args.warmup_dec_epoch, args.decision_freq) and UNDECIDED in decisions:
+                    decision, new_decisions = decide_edge(cell_type, weights, decisions, score, epoch)
+                    model.set_decisions({**model.decisions, cell_type: new_decisions})
+                    new_decisions_made.append(decision)
+                    entry = {**decision.__dict__, **{f"{k}_before": v for k, v in
+                                                      record["distance_from_uniform"][cell_type].items()}}
+                    decision_log.append(entry)
+                    logger.info("decision: %s (undecided edges before it: max softmax weight %.4f, mean L1 "
+                                "distance from uniform %.4f)", decision.describe(), entry["max_weight_before"],
+                                entry["mean_l1_from_uniform_before"])
+                record["decisions"][cell_type] = list(model.decisions[cell_type])
+            genotype = derive_genotype({t: torch.tensor(record["weights"][t]) for t in CELL_TYPES}, model.decisions)
+            record["genotype"] = genotype_io.to_dict(genotype)
+            with weights_log.open("a") as file:
+                file.write(json.dumps(record) + "\n")
+            logger.info("genotype after epoch %d: %s", epoch, genotype)
 
-        arch_eval_acc = ""
-        if args.post_val and (new_decisions_made or epoch == epochs - 1):
-            _, accuracy = evaluate(model, TensorBatches(training.pixels, training.labels, 256, shuffle=False,
-                                                        device=device, indices=arch_idx,
-                                                        memory_format=memory_format),
-                                   autocast=autocast, transform=lambda x: center_crop(x, args.crop))
-            arch_eval_acc = round(accuracy, 3)
-            logger.info("architecture half, eval mode: accuracy %.2f%%", accuracy)
-        metrics.append({"epoch": epoch, "lr": lr, "batch_size": weight_batches.batch_size,
-                        "train_loss": result.train_loss, "train_acc": result.train_acc,
-                        "arch_loss": result.arch_loss, "arch_acc": result.arch_acc, "arch_eval_acc": arch_eval_acc,
-                        "decisions": ";".join(d.describe() for d in new_decisions_made),
-                        "seconds": round(result.seconds, 1),
-                        "images_per_second": round(result.images / max(result.seconds, 1e-9), 2)})
-        logger.info("epoch %d done in %.0f s: train acc %.2f%% loss %.4f, arch acc %.2f%% loss %.4f",
-                    epoch, result.seconds, result.train_acc, result.train_loss, result.arch_acc, result.arch_loss)
-        if new_decisions_made and args.batch_increase:
-            weight_batches.batch_size = arch_batches.batch_size = weight_batches.batch_size + args.batch_increase
+            arch_eval_acc = ""
+            if args.post_val and (new_decisions_made or epoch == epochs - 1):
+                _, accuracy = evaluate(model, TensorBatches(training.pixels, training.labels, 256, shuffle=False,
+                                                            device=device, indices=arch_idx,
+                                                            memory_format=memory_format),
+                                       autocast=autocast, transform=lambda x: center_crop(x, args.crop))
+                arch_eval_acc = round(accuracy, 3)
+                logger.info("architecture half, eval mode: accuracy %.2f%%", accuracy)
+            metrics.append({"epoch": epoch, "lr": lr, "batch_size": weight_batches.batch_size,
+                            "train_loss": result.train_loss, "train_acc": result.train_acc,
+                            "arch_loss": result.arch_loss, "arch_acc": result.arch_acc, "arch_eval_acc": arch_eval_acc,
+                            "decisions": ";".join(d.describe() for d in new_decisions_made),
+                            "seconds": round(result.seconds, 1),
+                            "images_per_second": round(result.images / max(result.seconds, 1e-9), 2)})
+            logger.info("epoch %d done in %.0f s: train acc %.2f%% loss %.4f, arch acc %.2f%% loss %.4f",
+                        epoch, result.seconds, result.train_acc, result.train_loss, result.arch_acc, result.arch_loss)
+            if new_decisions_made and args.batch_increase:
+                weight_batches.batch_size = arch_batches.batch_size = weight_batches.batch_size + args.batch_increase
 
-        atomic_save({
-            "kind": "search", "epoch": epoch + 1, "epochs": epochs, "model": model.state_dict(),
-            "decisions": {t: list(model.decisions[t]) for t in CELL_TYPES},
-            "history": history, "decision_log": decision_log, "optimizer": optimizer.state_dict(),
-            "architect": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "batch_size": weight_batches.batch_size, "weight_batches": weight_batches.state_dict(),
-            "arch_batches": arch_batches.state_dict(), "rng": rng_state(), "args": vars(args),
-            "genotype": genotype_io.to_dict(genotype), "init_channels": args.init_channels, "layers": args.layers,
-            "classes": list(CLASSES), "primitives": list(PRIMITIVES),
-        }, run_dir / "last.pt")
+            atomic_save({
+                "kind": "search", "epoch": epoch + 1, "epochs": epochs, "model": model.state_dict(),
+                "decisions": {t: list(model.decisions[t]) for t in CELL_TYPES},
+                "history": history, "decision_log": decision_log, "optimizer": optimizer.state_dict(),
+                "architect": architect.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "batch_size": weight_batches.batch_size, "weight_batches": weight_batches.state_dict(),
+                "arch_batches": arch_batches.state_dict(), "rng": rng_state(), "args": vars(args),
+                "genotype": genotype_io.to_dict(genotype), "init_channels": args.init_channels, "layers": args.layers,
+                "classes": list(CLASSES), "primitives": list(PRIMITIVES),
+            }, run_dir / "last.pt")
 
     # The result: genotype.json and a line for NAS/genotypes.py.
     final = derive_genotype({t: model.arch_weights(t).detach().cpu() for t in CELL_TYPES}, model.decisions)

@@ -82,14 +82,18 @@ def test_resumed_search_matches_uninterrupted(synthetic_h5, tmp_path, monkeypatc
         return original(*args, **kwargs)
 
     monkeypatch.setattr(train_search, "search_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as interrupt:
         run_search(synthetic_h5, tmp_path / "resumed", "--subset", "28")
+    assert interrupt.value.code == 130
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 3
+    hint = f"continue with: python train_search.py --resume {tmp_path / 'resumed'}"
+    assert hint in (tmp_path / "resumed" / "log.txt").read_text()
     monkeypatch.setattr(train_search, "search_one_epoch", original)
 
     resume_args = train_search.get_args_parser().parse_args(
         ["--resume", str(tmp_path / "resumed"), "--data", str(synthetic_h5), "--no-progress", "--device", "cpu"])
     resumed = train_search.main(resume_args)
+    assert "3 epochs done, continuing with epoch 3" in (resumed / "log.txt").read_text()
     final = load_checkpoint(resumed / "last.pt")
     for name, value in reference["model"].items():
         if name.startswith("alphas"):

@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -108,6 +108,20 @@ def resolve_resume(path: str | Path, filename: str = "last.pt") -> Path:
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such file or run directory")
     return path
+
+
+@contextlib.contextmanager
+def resume_hint(run_dir: Path, command: str) -> Iterator[None]:
+    """Turn Ctrl-C inside the block into one log line with the command that continues the run.
+
+    The run exits with status 130, the shell's code for an interrupt, instead of a traceback.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        logger.warning("interrupted: %s holds the last finished epoch; continue with: python %s --resume %s",
+                       run_dir / "last.pt", command, run_dir)
+        raise SystemExit(130) from None
 
 
 def restore_training(checkpoint: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
