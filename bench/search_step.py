@@ -95,7 +95,7 @@ def main() -> None:
                         help="partial-channel factor K (1 = all channels, 4 = PC-DARTS default)")
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=True,
-                        help="recompute the middle of each separable convolution in backward")
+                        help="recompute the middle of each separable convolution in backward (default: on)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
