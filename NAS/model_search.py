@@ -58,8 +58,11 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _WeightedSum(torch.autograd.Function):
-    """``sum_i coefficients[i] * maps[i]``: one pass per map forward, and in backward one dot
-    product per coefficient and one scaled copy of the gradient per map."""
+    """Weighted sum of maps, ``sum_i coefficients[i] * maps[i]``.
+
+    Forward makes one pass per map. Backward makes one dot product per coefficient and one
+    scaled copy of the gradient per map.
+    """
 
     @staticmethod
     def forward(ctx, coefficients: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
@@ -83,7 +86,8 @@ class _WeightedSum(torch.autograd.Function):
 def weighted_sum(coefficients: torch.Tensor, maps: Sequence[torch.Tensor]) -> torch.Tensor:
     """Return ``sum_i coefficients[i] * maps[i]`` for a 1-D ``coefficients`` and equal-shape maps."""
     if coefficients.shape != (len(maps),):
-        raise ValueError(f"expected {len(maps)} coefficients, got shape {tuple(coefficients.shape)}")
+        raise ValueError(f"invalid coefficients of shape {tuple(coefficients.shape)}: expected shape "
+                         f"({len(maps)},), one coefficient per map")
     return _WeightedSum.apply(coefficients, *maps)
 
 
@@ -136,7 +140,7 @@ class MixedOp(nn.Module):
         """Return the edge's output, or ``None`` for a pruned edge.
 
         With ``skip_shared=True`` an undecided edge leaves out the operations that
-        ``shared_count`` counts; the cell adds them from maps it computes once per input state.
+        ``shared_count`` counts. The cell adds them from maps it computes once per input state.
         """
         if decision == PRUNED:
             return None
@@ -159,8 +163,8 @@ class MixedOp(nn.Module):
 
     @torch.no_grad()
     def copy_pool_statistics(self, source: "MixedOp") -> None:
-        """Give the pooling batch norms the running statistics of ``source``'s, which saw the
-        same input."""
+        """Copy the running statistics of ``source``'s pooling batch norms, which saw the same
+        input, into this edge's."""
         for index in (0, 1):
             for name, buffer in self.ops[index].bn.named_buffers():
                 buffer.copy_(source.ops[index].bn.get_buffer(name))

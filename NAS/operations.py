@@ -253,20 +253,22 @@ class SepConv(nn.Module):
             for layer in self.op[:-1]:
                 x = layer(x)
             return x
-        middle = len(self.op) - 5  # the first batch norm
-        for layer in self.op[:middle]:
+        for layer in self.op[:-5]:
             x = layer(x)
-        bn, _, depthwise, pointwise = self.op[middle:-1]
+        bn, _, depthwise, pointwise = self.op[-5:-1]
         params = [depthwise.weight, pointwise.weight]
         if bn.affine:
             params += [bn.weight, bn.bias]
         return _RecomputedMiddle.apply(self, x, *params)
 
     def middle(self, x: torch.Tensor, params: list[torch.Tensor], update_statistics: bool) -> torch.Tensor:
-        """Batch norm, ReLU, depthwise and pointwise convolution of the second block, with
-        ``params`` for their weights. Without ``update_statistics`` a training-mode batch norm
-        normalises with the batch statistics and leaves its running statistics alone."""
-        bn, _, depthwise, pointwise = self.op[len(self.op) - 5:-1]
+        """Run the batch norm, ReLU, depthwise and pointwise convolution of the second block, with
+        ``params`` as their weights.
+
+        Without ``update_statistics`` a training-mode batch norm normalises with the batch
+        statistics and leaves its running statistics alone.
+        """
+        bn, _, depthwise, pointwise = self.op[-5:-1]
         weight, bias = (params[2], params[3]) if bn.affine else (None, None)
         if update_statistics or not bn.training:
             x = batch_norm(x, bn, weight, bias)
@@ -277,19 +279,22 @@ class SepConv(nn.Module):
 
 
 class _RecomputedMiddle(torch.autograd.Function):
-    """``SepConv.middle`` that keeps only its input for backward, where it runs again.
+    """The middle of a ``SepConv``, which keeps only its input for backward and runs again there.
 
     Its normalised, rectified and depthwise-convolved maps are not kept, which saves two maps
     per separable convolution for the price of running the four layers twice. The running
     statistics move once, in the first run.
+
+    NOTE: tested on the CPU only. On CUDA it runs the same tensor operations, but no CUDA run
+    has been made.
     """
 
     @staticmethod
     def forward(ctx, op: "SepConv", x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.op = op
         ctx.save_for_backward(x, *params)
-        with torch.no_grad():
-            return op.middle(x, list(params), update_statistics=True)
+        # An autograd function's forward already runs without recording a graph.
+        return op.middle(x, list(params), update_statistics=True)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -469,11 +474,13 @@ def build_op(name: str, C: int, stride: int, affine: bool = True, relu_first: bo
 def scaled_forward(op: nn.Module, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Return ``scale * op(x)`` for a scalar tensor ``scale``.
 
-    When ``op`` ends in a non-affine batch norm, ``scale`` becomes that batch norm's weight,
-    which gives the same result without a separate multiplication pass over the output.
+    An operation with a ``scaled(x, scale)`` method computes the product itself. When ``op``
+    ends in a non-affine batch norm, ``scale`` becomes that batch norm's weight, which gives
+    the same result without a separate multiplication pass over the output.
     """
-    if isinstance(op, GhostModule):
-        return op.scaled(x, scale)
+    scaled = getattr(op, "scaled", None)
+    if scaled is not None:
+        return scaled(x, scale)
     bn = getattr(op, "final_bn", None)
     if bn is None or bn.affine or not bn.track_running_stats or bn.momentum is None:
         return op(x) * scale

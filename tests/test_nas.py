@@ -147,7 +147,14 @@ def _run_supernet(model: SearchNetwork, x: torch.Tensor, y: torch.Tensor, share:
     return out.detach(), grads, [b.clone() for b in model.buffers()]
 
 
-def test_shared_pooling_maps_match_per_edge_operations():
+def _run_eval(model: SearchNetwork, x: torch.Tensor, share: bool) -> torch.Tensor:
+    """Eval-mode forward with the cells' sharing of pooling maps on or off."""
+    for cell in model.cells:
+        cell.share_pooling = share
+    return model(x)
+
+
+def test_shared_maps_match_per_edge_operations():
     torch.manual_seed(0)
     model = SearchNetwork(C=4, layers=3).double()
     normal = [UNDECIDED] * EDGES
@@ -167,18 +174,15 @@ def test_shared_pooling_maps_match_per_edge_operations():
             assert torch.allclose(grad, ref, atol=1e-12)
     for buffer, ref in zip(buffers, ref_buffers):
         assert torch.allclose(buffer, ref, atol=1e-12)  # every pooling batch norm keeps its statistics
+
     model.eval()
     with torch.no_grad():
-        assert torch.allclose(_run_eval(model, x, share=True), _run_eval(model, x, share=False), atol=1e-12)
+        shared_eval = _run_eval(model, x, share=True)
+        per_edge_eval = _run_eval(model, x, share=False)
+    assert torch.allclose(shared_eval, per_edge_eval, atol=1e-12)
 
 
-def _run_eval(model: SearchNetwork, x: torch.Tensor, share: bool) -> torch.Tensor:
-    for cell in model.cells:
-        cell.share_pooling = share
-    return model(x)
-
-
-def test_pooling_runs_once_per_state_and_stride():
+def test_pooling_runs_once_per_state():
     model = SearchNetwork(C=4, layers=3)
     counts = {"normal": 0, "reduce": 0}
     for cell in model.cells:
@@ -239,7 +243,7 @@ def _saved_bytes(op: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def test_sep_conv_recompute_keeps_two_fewer_maps():
+def test_recompute_keeps_two_fewer_maps():
     plain = SepConv(8, 8, 3, 1, 1, affine=False)
     recomputed = copy.deepcopy(plain)
     recomputed.recompute = True

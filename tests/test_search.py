@@ -146,7 +146,7 @@ def test_search_on_real_fer2013_subset(tmp_path):
     assert "28709 images" in log or "56 Training images" in log
 
 
-def test_recompute_leaves_the_search_unchanged(synthetic_h5, tmp_path):
+def test_recompute_leaves_search_unchanged(synthetic_h5, tmp_path):
     runs = {flag: run_search(synthetic_h5, tmp_path / flag, "--subset", "42", flag)
             for flag in ("--recompute", "--no-recompute")}
     assert json.loads((runs["--no-recompute"] / "args.json").read_text())["recompute"] is False

@@ -119,7 +119,7 @@ def resume_hint(run_dir: Path, command: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        logger.warning("interrupted: %s holds the last finished epoch; continue with: python %s --resume %s",
+        logger.warning("interrupted: %s contains the last finished epoch; continue with: python %s --resume %s",
                        run_dir / "last.pt", command, run_dir)
         raise SystemExit(130) from None
 
